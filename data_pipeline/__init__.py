@@ -1,0 +1,1 @@
+"""Shards, tokenizers, streaming loaders and modality formatters."""

@@ -1,0 +1,1 @@
+"""Chunkwise mLSTM kernels (Triton + float64 torch reference) and state passing."""

@@ -1,0 +1,1 @@
+"""Command-line entry, SLURM (submitit) and local multi-process launch."""

@@ -1,0 +1,1 @@
+"""xLSTM models: blocks, Bio variants, heads, configs, recurrent step inference."""

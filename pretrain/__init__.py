@@ -1,0 +1,1 @@
+"""DeepSpeed ZeRO trainer, curriculum, checkpoints, logging, export."""
