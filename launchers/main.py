@@ -15,6 +15,7 @@ CLI_MODULES = (
     "data_pipeline.cli",
     "pretrain.cli",
     "launchers.cli",
+    "pretrain.export_cli",
 )
 
 
