@@ -1,0 +1,87 @@
+"""Pure torch chunkwise mLSTM: parallel inside a chunk, recurrent on (C, n, m) across chunks.
+
+Runs on CPU and GPU with plain differentiable torch ops (autograd gives the backward). The
+work inside chunks is vectorised over all chunks at once; only the inter-chunk recurrence is a
+Python loop, and each step of it is the summary combine of kernels/mlstm/segments.py (a chunk
+is a short segment). Inputs of any float dtype are computed in fp32 (float64 stays float64).
+
+A sequence length that is not a multiple of the chunk size is padded with positions that
+leave the state exactly unchanged: i~ = -inf (nothing written) and log f = 0 (no decay).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kernels.mlstm.reference import DEFAULT_EPS
+from kernels.mlstm.segments import SegmentSummary, apply_summary, exp_from, fresh_state
+
+
+def _pad_time(x: torch.Tensor, pad: int, value: float) -> torch.Tensor:
+    """Pad the time axis (dim 2) of (B, H, S, ...) on the right."""
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[2] = pad
+    return torch.cat([x, x.new_full(shape, value)], dim=2)
+
+
+def mlstm_chunkwise_torch(
+    q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64, eps=DEFAULT_EPS,
+):
+    """Chunkwise mLSTM (DESIGN.md section 3) with initial state in and final state out."""
+    B, H, S, Dqk = q.shape
+    Dv = v.shape[-1]
+    in_dtype = v.dtype
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, i, f = (x.to(dtype) for x in (q, k, v, i, f))
+    k = k / math.sqrt(Dqk)
+    log_f = F.logsigmoid(f)
+
+    L = chunk_size
+    num_chunks = max(1, -(-S // L))
+    pad = num_chunks * L - S
+    q, k, v = (_pad_time(x, pad, 0.0) for x in (q, k, v))
+    i = _pad_time(i, pad, float("-inf"))
+    log_f = _pad_time(log_f, pad, 0.0)
+
+    # (B, H, NC, L, ...): every chunk handled at once
+    q, k, v = (x.reshape(B, H, num_chunks, L, x.shape[-1]) for x in (q, k, v))
+    i, log_f = (x.reshape(B, H, num_chunks, L) for x in (i, log_f))
+    b = torch.cumsum(log_f, dim=-1)                     # log forget from chunk start to t
+    chunk_log_f = b[..., -1]
+
+    # chunk summaries: source s reaches the chunk end with log weight g - b_s + i_s
+    log_w_end = chunk_log_f[..., None] - b + i
+    m_local = log_w_end.detach().amax(dim=-1)
+    weighted_k = k * exp_from(log_w_end, m_local[..., None])[..., None]
+    C_local = weighted_k.transpose(-1, -2) @ v
+    n_local = weighted_k.sum(dim=-2)
+
+    # inter-chunk recurrence: the state entering each chunk
+    if initial_state is None:
+        state = fresh_state((B, H), Dqk, Dv, dtype, q.device)
+    else:
+        state = tuple(x.to(dtype) for x in initial_state)
+    entering = []
+    for c in range(num_chunks):
+        entering.append(state)
+        summary = SegmentSummary(chunk_log_f[:, :, c], C_local[:, :, c], n_local[:, :, c], m_local[:, :, c])
+        state = apply_summary(state, summary)
+    C_prev, n_prev, m_prev = (torch.stack(parts, dim=2) for parts in zip(*entering))
+
+    # outputs: intra-chunk sources with log weight b_t - b_s + i_s, entering state with b_t + m_prev
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    log_d = (b[..., :, None] - b[..., None, :] + i[..., None, :]).masked_fill(~causal, float("-inf"))
+    log_inter = b + m_prev.detach()[..., None]
+    m = torch.maximum(log_inter, log_d.amax(dim=-1)).detach()
+    scores = (q @ k.transpose(-1, -2)) * exp_from(log_d, m[..., None])
+    inter_weight = exp_from(log_inter, m)
+    numerator = scores @ v + inter_weight[..., None] * (q @ C_prev)
+    denominator = scores.sum(dim=-1) + inter_weight * (q @ n_prev[..., None])[..., 0]
+    h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m)) + eps)[..., None]
+    h = h.reshape(B, H, num_chunks * L, Dv)[:, :, :S].to(in_dtype)
+    if not return_final_state:
+        return h
+    return h, state
