@@ -1,0 +1,260 @@
+"""Process groups for data x context parallelism, and the adapter that hands them to DeepSpeed.
+
+Groups come from megatron-core `parallel_state.initialize_model_parallel(context_parallel_size=CP)`
+(order tp-cp-ep-dp-pp: the CP ranks of one replica are adjacent global ranks). Tensor and
+pipeline parallel are 1 today; every size below is read from parallel_state, never derived as
+world_size / CP, so that growing them later changes nothing here.
+
+Gradient scaling with context parallelism (the trainer must do this). DeepSpeed, given this
+mpu, reduces gradients over the data x context group (DP*CP ranks) with a SUM and then divides
+by the data-parallel size only (ZeRO: `dp_world_size / sequence_parallel_size`). The gradient
+of the mean loss over the whole global batch is therefore obtained when each rank backpropagates
+
+    loss_rank = (sum of token losses on this rank) * dp_size / (token count of the global batch)
+
+i.e. the local loss sum divided by the tokens one data-parallel replica sees across its CP group;
+`deepspeed_loss_scale` computes that factor. Averaging per rank (local mean) would weight ranks
+with few loss tokens too much and, with CP > 1, be CP times too large.
+
+Each CP rank holds one contiguous slice of the sequence (`split_sequence_for_cp`), not
+Megatron's load-balanced 2 x CP layout, because recurrent state passing needs slices in order.
+"""
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+class ParallelConfigError(ValueError):
+    """A parallel layout that cannot work here (sizes that do not divide, bad lengths)."""
+
+    user_facing = True
+
+
+def _parallel_state():
+    """megatron-core's parallel_state; its package import warns about optional fused kernels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core import parallel_state
+    return parallel_state
+
+
+class DeepSpeedMpu:
+    """The `mpu` DeepSpeed expects, backed by megatron-core parallel_state.
+
+    DeepSpeed 0.19 reads: data-parallel getters (used for batch-size arithmetic: DP excludes
+    CP), model-parallel getters (tensor x pipeline), and the sequence-parallel and
+    sequence-data-parallel getters. Context parallelism is exposed as DeepSpeed's sequence
+    parallelism, so ZeRO shards and reduces over the DP x CP group. There is deliberately no
+    `initialize_sequence_parallel` method: DeepSpeed takes its presence to mean a Ulysses mpu
+    and then ignores the data-parallel getters.
+    """
+
+    def __init__(self, parallel_state=None):
+        self._ps = parallel_state or _parallel_state()
+
+    # data parallel (replicas of the model that see different samples; CP excluded)
+    def get_data_parallel_group(self):
+        return self._ps.get_data_parallel_group()
+
+    def get_data_parallel_rank(self) -> int:
+        return self._ps.get_data_parallel_rank()
+
+    def get_data_parallel_world_size(self) -> int:
+        return self._ps.get_data_parallel_world_size()
+
+    def get_data_parallel_group_ranks(self) -> List[int]:
+        return dist.get_process_group_ranks(self.get_data_parallel_group())
+
+    # model parallel (tensor x pipeline)
+    def get_model_parallel_group(self):
+        return self._ps.get_model_parallel_group()
+
+    def get_model_parallel_rank(self) -> int:
+        return dist.get_rank(group=self.get_model_parallel_group())
+
+    def get_model_parallel_world_size(self) -> int:
+        return dist.get_world_size(group=self.get_model_parallel_group())
+
+    def get_tensor_model_parallel_group(self):
+        return self._ps.get_tensor_model_parallel_group()
+
+    def get_tensor_model_parallel_rank(self) -> int:
+        return self._ps.get_tensor_model_parallel_rank()
+
+    def get_tensor_model_parallel_world_size(self) -> int:
+        return self._ps.get_tensor_model_parallel_world_size()
+
+    def get_tensor_model_parallel_src_rank(self) -> int:
+        return self._ps.get_tensor_model_parallel_src_rank()
+
+    def get_pipeline_model_parallel_group(self):
+        return self._ps.get_pipeline_model_parallel_group()
+
+    def get_pipeline_model_parallel_rank(self) -> int:
+        return self._ps.get_pipeline_model_parallel_rank()
+
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        return self._ps.get_pipeline_model_parallel_world_size()
+
+    # context parallel, in DeepSpeed's words
+    def get_sequence_parallel_group(self):
+        return self._ps.get_context_parallel_group()
+
+    def get_sequence_parallel_rank(self) -> int:
+        return self._ps.get_context_parallel_rank()
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return self._ps.get_context_parallel_world_size()
+
+    def get_sequence_data_parallel_group(self):
+        return self._ps.get_data_parallel_group(with_context_parallel=True)
+
+    def get_sequence_data_parallel_rank(self) -> int:
+        return self._ps.get_data_parallel_rank(with_context_parallel=True)
+
+    def get_sequence_data_parallel_world_size(self) -> int:
+        return self._ps.get_data_parallel_world_size(with_context_parallel=True)
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """Everything the trainer needs about this rank's place in the data x context grid."""
+
+    world_size: int
+    rank: int
+    dp_rank: int
+    dp_size: int
+    dp_group: Any
+    cp_rank: int
+    cp_size: int
+    cp_group: Any
+    dp_cp_group: Any
+    mpu: DeepSpeedMpu
+
+    def split_sequence(self, tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """This rank's contiguous slice of a full-length sequence tensor."""
+        return split_sequence_for_cp(tensor, self.cp_rank, self.cp_size, dim=dim)
+
+    def global_token_count(self, local_count) -> int:
+        """Sum of a per-rank token count over every data and context parallel rank."""
+        total = torch.as_tensor(local_count, dtype=torch.float64).reshape(1)
+        if self.world_size > 1:
+            total = total.to(_collective_device(self.dp_cp_group))
+            dist.all_reduce(total, group=self.dp_cp_group)
+        return int(total.item())
+
+
+def deepspeed_loss_scale(global_token_count: int, dp_size: int) -> float:
+    """Factor for a rank's summed token loss so DeepSpeed's step equals the global-mean gradient.
+
+    See the module docstring: DeepSpeed sums gradients over DP x CP and divides by DP only.
+    """
+    if global_token_count <= 0:
+        raise ParallelConfigError(
+            "the global batch has no loss tokens (every label is -100); check the data's loss "
+            "mask or the formatter settings"
+        )
+    return float(dp_size) / float(global_token_count)
+
+
+def split_sequence_for_cp(tensor: torch.Tensor, cp_rank: int, cp_size: int, dim: int = 1) -> torch.Tensor:
+    """The contiguous slice `cp_rank` of `cp_size` equal slices of `tensor` along `dim`.
+
+    Used for input_ids, labels and position_ids. Slices must be equal in length (every rank
+    runs the same kernels) and in order (rank r holds tokens [r*L, (r+1)*L)), so a length that
+    CP does not divide is an error rather than a silent pad.
+    """
+    if cp_size < 1 or not 0 <= cp_rank < cp_size:
+        raise ParallelConfigError(f"context-parallel rank {cp_rank} is not in [0, {cp_size})")
+    length = tensor.shape[dim]
+    if length % cp_size != 0:
+        raise ParallelConfigError(
+            f"sequence length {length} is not divisible by parallel.context_parallel_size="
+            f"{cp_size}; choose a context length that is a multiple of {cp_size} (each rank "
+            f"holds an equal contiguous slice)"
+        )
+    local = length // cp_size
+    return tensor.narrow(dim, cp_rank * local, local)
+
+
+def _collective_device(group) -> torch.device:
+    """The device tensors must live on for collectives of `group` (CUDA for NCCL)."""
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ensure_process_group(backend: Optional[str]) -> None:
+    """Join the default process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, or
+    make a one-process group when those are unset (so single-process runs use the same path)."""
+    if dist.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if "WORLD_SIZE" in os.environ:
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise ParallelConfigError(
+                f"WORLD_SIZE is set but {', '.join(missing)} is not; set all of RANK, WORLD_SIZE, "
+                f"MASTER_ADDR, MASTER_PORT (or none of them for a single process)"
+            )
+        dist.init_process_group(backend, init_method="env://")
+    else:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+
+
+def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] = None) -> ParallelContext:
+    """Set up (or reuse) the data x context parallel groups and return this rank's view.
+
+    Joins the default process group if needed (see `_ensure_process_group`). Calling again with
+    another context_parallel_size (a curriculum stage that grows CP) rebuilds the groups.
+    """
+    if isinstance(context_parallel_size, bool) or not isinstance(context_parallel_size, int) or context_parallel_size < 1:
+        raise ParallelConfigError(
+            f"parallel.context_parallel_size must be a positive integer, got {context_parallel_size!r}"
+        )
+    _ensure_process_group(backend)
+    world_size = dist.get_world_size()
+    if world_size % context_parallel_size != 0:
+        raise ParallelConfigError(
+            f"world size {world_size} is not divisible by parallel.context_parallel_size="
+            f"{context_parallel_size}; use a context_parallel_size that divides the number of "
+            f"processes (divisors of {world_size}: {_divisors(world_size)})"
+        )
+    ps = _parallel_state()
+    if ps.model_parallel_is_initialized() and ps.get_context_parallel_world_size() != context_parallel_size:
+        ps.destroy_model_parallel()
+    if not ps.model_parallel_is_initialized():
+        # gloo twins of the NCCL groups are only needed by Megatron's own optimizer; skip them.
+        ps.initialize_model_parallel(context_parallel_size=context_parallel_size,
+                                     create_gloo_process_groups=False)
+    return ParallelContext(
+        world_size=world_size,
+        rank=dist.get_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+        dp_group=ps.get_data_parallel_group(),
+        cp_rank=ps.get_context_parallel_rank(),
+        cp_size=ps.get_context_parallel_world_size(),
+        cp_group=ps.get_context_parallel_group(),
+        dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True),
+        mpu=DeepSpeedMpu(ps),
+    )
+
+
+def _divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
