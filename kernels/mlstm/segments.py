@@ -72,7 +72,7 @@ def segment_summary(k, v, i, f) -> SegmentSummary:
 def combine_summaries(a: SegmentSummary, b: SegmentSummary) -> SegmentSummary:
     """Summary of segment a followed by segment b (associative)."""
     log_a = b.F + a.m.detach()
-    m = torch.maximum(log_a, b.m.detach())
+    m = torch.maximum(log_a, b.m.detach()).detach()
     weight_a = exp_from(log_a, m)
     weight_b = exp_from(b.m.detach(), m)
     return SegmentSummary(
