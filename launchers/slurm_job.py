@@ -1,0 +1,86 @@
+"""What each SLURM task runs: the trainer, made preemptible and requeueable through submitit.
+
+submitit pickles a `SlurmTrainingJob` and `srun` starts it once per GPU. Each task derives its
+rank and rendezvous from SLURM, then runs the same trainer as `bioxlstm train`. On the
+preemption/time-limit signal every rank asks the trainer to checkpoint at the next step
+boundary; once the loop has returned, rank 0 lets submitit call `checkpoint()` and requeue the
+job, and the requeued job resumes from `latest` (the trainer resumes automatically).
+
+Other failures (a crashed node, an NCCL error) are requeued too, but at most `max_retries`
+times; time-outs are bounded separately by submitit's `max_num_timeout`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import submitit
+from submitit.core import utils as submitit_utils
+
+from launchers.distributed_env import from_slurm
+from launchers.preemption_bridge import PreemptionBridge
+
+
+class SlurmTrainingJob(submitit.helpers.Checkpointable):
+    """Picklable callable: `train_argv` are the arguments of `bioxlstm train`."""
+
+    def __init__(self, train_argv: list[str], max_retries: int = 3, failures: int = 0) -> None:
+        self.train_argv = list(train_argv)
+        self.max_retries = max_retries
+        self.failures = failures
+
+    def __call__(self) -> int:
+        from pretrain.preemption import request_stop
+        from pretrain.train import main as train_main
+
+        distributed = from_slurm()
+        distributed.export()
+        bridge = PreemptionBridge(request_stop).install()
+        print(f"bioxlstm: rank {distributed.rank}/{distributed.world_size} local rank {distributed.local_rank} "
+              f"master {distributed.master_addr}:{distributed.master_port} "
+              f"(attempt after {self.failures} failure(s))", flush=True)
+        try:
+            code = int(train_main(list(self.train_argv)) or 0)
+        except BaseException as error:  # noqa: BLE001 - SystemExit from the trainer's CLI too
+            if isinstance(error, SystemExit) and error.code in (0, None):
+                code = 0
+            else:
+                self._requeue_after_failure(distributed.rank, error)
+                raise
+        # The trainer has checkpointed and returned: now submitit may requeue (rank 0) and exit.
+        bridge.hand_over()
+        return code
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption/time-out: stop at the next step boundary, resubmit self.
+
+        The requeued job restarts the same trainer arguments; the trainer resumes from `latest`.
+        """
+        from pretrain.preemption import request_stop
+
+        request_stop()
+        return submitit.helpers.DelayedSubmission(
+            SlurmTrainingJob(self.train_argv, self.max_retries, self.failures))
+
+    def _requeue_after_failure(self, rank: int, error: BaseException) -> None:
+        """Rank 0 requeues the job after a non-preemption failure, at most `max_retries` times."""
+        if rank != 0 or os.environ.get("SUBMITIT_FOLDER") is None:
+            return
+        if self.failures >= self.max_retries:
+            print(f"bioxlstm: training failed {self.failures + 1} time(s), max retries {self.max_retries} "
+                  "reached: not requeueing", file=sys.stderr, flush=True)
+            return
+        traceback.print_exception(error, file=sys.stderr)
+        environment = submitit.JobEnvironment()
+        pickle_path = environment.paths.submitted_pickle
+        current = submitit_utils.DelayedSubmission.load(pickle_path)
+        retry = submitit_utils.DelayedSubmission(
+            SlurmTrainingJob(self.train_argv, self.max_retries, self.failures + 1))
+        retry.set_timeout(current._timeout_min, current._timeout_countdown)
+        with submitit_utils.temporary_save_path(pickle_path) as tmp:
+            retry.dump(tmp)
+        print(f"bioxlstm: training failed ({type(error).__name__}); requeueing, retry "
+              f"{self.failures + 1} of {self.max_retries}", file=sys.stderr, flush=True)
+        environment._requeue(current._timeout_countdown)
+        sys.exit(-1)
