@@ -177,8 +177,7 @@ def kernel_checks(rank, world_size):
         results[f"halo-{direction}"] = _compare_conv_halo(rank, world_size, group, reverse)
     results["comm-S"] = _count_collectives(rank, world_size, group, S)
     results["comm-4S"] = _count_collectives(rank, world_size, group, 4 * S)
-    if world_size == 2:
-        results["unequal-lengths"] = _unequal_lengths_error(rank, group)
+    results["unequal-lengths"] = _unequal_lengths_error(rank, group)
     return results
 
 
@@ -227,7 +226,6 @@ def test_one_all_gather_forward_one_backward_independent_of_length(per_rank):
 
 def test_unequal_local_lengths_raise_on_every_rank(per_rank):
     cp_size, results = per_rank
-    if cp_size != 2:
-        pytest.skip("checked once, with CP = 2")
+    lengths = str([24] + [16] * (cp_size - 1))
     for result in results:
-        assert result["unequal-lengths"] is not None and "[24, 16]" in result["unequal-lengths"]
+        assert result["unequal-lengths"] is not None and lengths in result["unequal-lengths"]
