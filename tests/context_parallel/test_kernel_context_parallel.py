@@ -6,7 +6,8 @@ single-rank result, then runs its contiguous slice through `mlstm_context_parall
 losses use random weights, so every output position and direction matters.
 
 Tolerances: fp32 relative 1e-5 (max abs error / max abs value per tensor); float64 against the
-parallel-form reference 1e-10 (exact state passing leaves only rounding).
+parallel-form reference 1e-10 (exact state passing leaves only rounding); bf16 inputs (fp32 state
+and summaries inside) 1e-2.
 """
 
 import pytest
@@ -18,10 +19,11 @@ from spawn_ranks import run_ranks
 
 B, H, DQK, DV, S, CHUNK = 2, 2, 8, 12, 96, 16
 CONV_CHANNELS, CONV_KERNEL = 6, 4
-FP32_RTOL, FP64_RTOL = 1e-5, 1e-10
+FP32_RTOL, FP64_RTOL, BF16_RTOL = 1e-5, 1e-10, 1e-2
 
 
 def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
@@ -174,6 +176,7 @@ def kernel_checks(rank, world_size):
         direction = "reverse" if reverse else "forward"
         results[f"fp32-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float32, reverse, "torch")
         results[f"fp64-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float64, reverse, "reference")
+        results[f"bf16-{direction}"] = _compare_mlstm(rank, world_size, group, torch.bfloat16, reverse, "torch")
         results[f"halo-{direction}"] = _compare_conv_halo(rank, world_size, group, reverse)
     results["comm-S"] = _count_collectives(rank, world_size, group, S)
     results["comm-4S"] = _count_collectives(rank, world_size, group, 4 * S)
@@ -200,6 +203,14 @@ def test_cp_float64_matches_parallel_reference(per_rank, direction):
     for rank, result in enumerate(results):
         for name, error in result[f"fp64-{direction}"].items():
             assert error <= FP64_RTOL, f"CP={cp_size} rank {rank} {direction} {name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_cp_bf16_matches_single_rank(per_rank, direction):
+    cp_size, results = per_rank
+    for rank, result in enumerate(results):
+        for name, error in result[f"bf16-{direction}"].items():
+            assert error <= BF16_RTOL, f"CP={cp_size} rank {rank} {direction} {name}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
