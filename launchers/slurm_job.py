@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import submitit
 from submitit.core import utils as submitit_utils
@@ -32,6 +31,7 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         from pretrain.preemption import request_stop
+        from pretrain.train import EXIT_PREEMPTED
         from pretrain.train import main as train_main
 
         distributed = from_slurm()
@@ -39,17 +39,20 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
         bridge = PreemptionBridge(request_stop).install()
         print(f"bioxlstm: rank {distributed.rank}/{distributed.world_size} local rank {distributed.local_rank} "
               f"master {distributed.master_addr}:{distributed.master_port} "
-              f"(attempt after {self.failures} failure(s))", flush=True)
+              f"(after {self.failures} failed attempt(s))", flush=True)
         try:
             code = int(train_main(list(self.train_argv)) or 0)
-        except BaseException as error:  # noqa: BLE001 - SystemExit from the trainer's CLI too
-            if isinstance(error, SystemExit) and error.code in (0, None):
-                code = 0
-            else:
-                self._requeue_after_failure(distributed.rank, error)
-                raise
+        except SystemExit as stop:  # the trainer's CLI may exit instead of returning
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception as error:
+            if not getattr(error, "user_facing", False):  # a config mistake fails the same way again
+                self._requeue_after_failure(distributed.rank, f"{type(error).__name__}: {error}")
+            raise
+        if code not in (0, EXIT_PREEMPTED):
+            self._requeue_after_failure(distributed.rank, f"trainer exit code {code}")
+            raise RuntimeError(f"trainer exited with code {code}; not requeued (max retries reached or rank > 0)")
         # The trainer has checkpointed and returned: now submitit may requeue (rank 0) and exit.
-        bridge.hand_over()
+        bridge.hand_over(stopped_for_preemption=code == EXIT_PREEMPTED)
         return code
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -63,15 +66,14 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(
             SlurmTrainingJob(self.train_argv, self.max_retries, self.failures))
 
-    def _requeue_after_failure(self, rank: int, error: BaseException) -> None:
+    def _requeue_after_failure(self, rank: int, reason: str) -> None:
         """Rank 0 requeues the job after a non-preemption failure, at most `max_retries` times."""
         if rank != 0 or os.environ.get("SUBMITIT_FOLDER") is None:
             return
         if self.failures >= self.max_retries:
-            print(f"bioxlstm: training failed {self.failures + 1} time(s), max retries {self.max_retries} "
-                  "reached: not requeueing", file=sys.stderr, flush=True)
+            print(f"bioxlstm: training failed ({reason}); max retries {self.max_retries} reached, "
+                  "not requeueing", file=sys.stderr, flush=True)
             return
-        traceback.print_exception(error, file=sys.stderr)
         environment = submitit.JobEnvironment()
         pickle_path = environment.paths.submitted_pickle
         current = submitit_utils.DelayedSubmission.load(pickle_path)
@@ -80,7 +82,7 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
         retry.set_timeout(current._timeout_min, current._timeout_countdown)
         with submitit_utils.temporary_save_path(pickle_path) as tmp:
             retry.dump(tmp)
-        print(f"bioxlstm: training failed ({type(error).__name__}); requeueing, retry "
-              f"{self.failures + 1} of {self.max_retries}", file=sys.stderr, flush=True)
+        print(f"bioxlstm: training failed ({reason}); requeueing, retry {self.failures + 1} of "
+              f"{self.max_retries}", file=sys.stderr, flush=True)
         environment._requeue(current._timeout_countdown)
-        sys.exit(-1)
+        sys.exit(-1)  # as submitit does after a requeue; the job restarts from the new pickle
