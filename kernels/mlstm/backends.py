@@ -48,11 +48,15 @@ def resolve_mlstm_backend(name: str, device: torch.device) -> str:
 
 
 def _reference_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
-    """The parallel reference under the backend signature (chunk_size has no meaning for it)."""
+    """The parallel reference under the backend signature (chunk_size has no meaning for it);
+    h comes back in v's dtype like every backend, the state in fp32 (float64 stays float64)."""
     from kernels.mlstm.reference import mlstm_parallel_reference
 
-    return mlstm_parallel_reference(q, k, v, i, f, initial_state=initial_state,
-                                    return_final_state=return_final_state)
+    out = mlstm_parallel_reference(q, k, v, i, f, initial_state=initial_state,
+                                   return_final_state=return_final_state)
+    if not return_final_state:
+        return out.to(v.dtype)
+    return out[0].to(v.dtype), out[1]
 
 
 def _torch_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):

@@ -1,6 +1,7 @@
 """Backend registry and input validation of the public kernels API: bad names and bad shapes
 get one clear, user-facing error naming the argument."""
 
+import functools
 import sys
 
 import pytest
@@ -116,3 +117,26 @@ def test_bad_step_inputs_are_named():
         kernels.mlstm_step(q, k, v[:1], i, f)
     with pytest.raises(KernelInputError, match=r"state.m: expected shape \(B, H\)"):
         kernels.mlstm_step(q, k, v, i, f, (torch.zeros(2, 3, 8, 4), torch.zeros(2, 3, 8), torch.zeros(2)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_output_dtype_follows_v_and_state_is_fp32(backend):
+    x = make_inputs(1, 2, 10, 8, 4, dtype=torch.bfloat16)
+    x["i"], x["f"] = x["i"].float(), x["f"].float()          # gates kept in fp32, as models do
+    h, (C, n, m) = kernels.mlstm_chunkwise(*(x[k] for k in "qkvif"), backend=backend, return_final_state=True)
+    assert h.dtype == torch.bfloat16 and C.dtype == n.dtype == m.dtype == torch.float32
+
+
+def test_torch_backend_traces_into_one_graph():
+    """torch.compile sees the torch backend as plain ops (no graph break), values and gradients
+    unchanged."""
+    x = make_inputs(2, 2, 40, 8, 4)
+    leaves = [x[k].requires_grad_() for k in "qkvif"]
+    eager = kernels.mlstm_chunkwise(*leaves, backend="torch", chunk_size=16)
+    eager_grads = torch.autograd.grad(eager.sum(), leaves)
+    compiled = torch.compile(functools.partial(kernels.mlstm_chunkwise, backend="torch", chunk_size=16),
+                             backend="aot_eager", fullgraph=True)
+    out = compiled(*leaves)
+    torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-6)
+    for got, ref in zip(torch.autograd.grad(out.sum(), leaves), eager_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)

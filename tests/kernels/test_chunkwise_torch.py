@@ -81,10 +81,10 @@ def test_initial_state_with_empty_stabilizer():
 
 def test_padding_is_exact_even_below_common_pad_values():
     """The padded tail of a partial chunk must not touch the state even when m is far below
-    the i~ = -25 that peers pad with: here i~ ~ -60 and f~ = -20 keep m near -60."""
+    the i~ = -25 that peers pad with: a state entering at m0 = -60 and i~ ~ -62 keep m near -60."""
     inputs = make_inputs(2, 2, 37, 8, 4, dtype=torch.float64, gates="moderate", with_state=True)
-    inputs["i"] = inputs["i"] - 60.0
-    inputs["f"] = torch.full_like(inputs["f"], -20.0)
+    inputs["i"] = inputs["i"] - 62.0
+    inputs["m0"] = inputs["m0"] - 60.0
     ref = outputs_and_grads(mlstm_parallel_reference, inputs)
     assert (ref["m"] < -50).all()
     assert_close(outputs_and_grads(mlstm_chunkwise_torch, inputs, chunk_size=CHUNK), ref, tol=1e-10)
