@@ -1,0 +1,231 @@
+"""Streaming, resumable, rank- and worker-split loader over a shard build.
+
+Work is planned in *items*: one per protein cluster / molecule domain, and
+max(1, tokens // window) per DNA window sample (so each epoch covers the genome about once
+at any context length). For each epoch the item list is shuffled with a seed derived from
+(seed, epoch), cut to a multiple of dp_size * num_workers * micro_batch_size and dealt to
+slots (rank r, worker w) as `order[slot::n_slots]`: every rank gets the same number of
+batches (no hang at epoch end) and context-parallel ranks of one group, which share a
+dp_rank, see the same samples. Workers are logical sub-streams inside the process; batches
+are taken from them round-robin, as a torch DataLoader would.
+
+Every random choice of an item (window offset, RC, masks, member order, FIM) uses an RNG
+seeded from (seed, split, epoch, item), so the position (epoch, batches consumed per worker)
+is the whole state: `load_state_dict` seeks there and the rest of the stream is identical.
+Shards are read by random access (tar member offsets), never replayed.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from data_pipeline import formatters
+from data_pipeline.config import DataConfig
+from data_pipeline.errors import ConfigError, LoaderStateError, ManifestError
+from data_pipeline.manifest import SPLITS, read_manifest, verify_shard
+from data_pipeline.shards import ShardReader
+from data_pipeline.tokenizers import load_tokenizer
+
+STATE_VERSION = 1
+
+
+class ShardLoader:
+    """Iterable of batches {input_ids, labels, position_ids}: LongTensor (B, S)."""
+
+    def __init__(self, cfg: DataConfig, split: str, context_len: int, micro_batch_size: int,
+                 dp_rank: int = 0, dp_size: int = 1, seed: int = 0):
+        self.cfg = cfg.validate()
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
+        for name, value, low in (("context_len", context_len, 2), ("micro_batch_size", micro_batch_size, 1),
+                                 ("dp_size", dp_size, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
+        if not 0 <= dp_rank < dp_size:
+            raise ConfigError(f"dp_rank={dp_rank} is outside 0..{dp_size - 1}")
+        self.split, self.context_len, self.micro_batch_size = split, context_len, micro_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.seed = cfg.seed + seed
+        self.train = split == "train"
+        self.build_dir = Path(cfg.shards)
+        self.manifest = read_manifest(self.build_dir)
+        if self.manifest["modality"] != cfg.modality:
+            raise ManifestError(f"{self.build_dir}/manifest.json holds {self.manifest['modality']!r} "
+                                f"shards but data.modality={cfg.modality!r}; fix one of them")
+        self.tokenizer = load_tokenizer(self.manifest["tokenizer"])
+        self.shards = self.manifest["splits"][split]["shards"]
+        if not self.shards:
+            raise ManifestError(f"{self.build_dir}: the {split} split is empty; rebuild with more "
+                                "groups or another --val-fraction")
+        self.items = self._plan_items()
+        self.num_workers = cfg.num_workers
+        self.n_slots = dp_size * cfg.num_workers
+        self.batches_per_worker = self._batches_per_worker()
+        if self.batches_per_worker == 0:
+            raise ConfigError(f"{split} split has {len(self.items)} items, fewer than dp_size x "
+                              f"num_workers x micro_batch_size = {self.n_slots * micro_batch_size}; "
+                              "lower one of them or build more data")
+        self._readers: dict[int, ShardReader] = {}
+        self.epoch = 0
+        self.worker_batches = [0] * self.num_workers
+        self.skipped_samples = 0
+        self.last_batch_keys: list[str | None] = []
+        self._complement = (self.tokenizer.complement_table() if cfg.modality == "dna" else None)
+
+    # ------------------------------------------------------------------ planning
+    def _window_need(self) -> int:
+        return self.context_len + (1 if self.cfg.objective == "clm" else 0)
+
+    def _plan_items(self) -> list[tuple[int, int, int]]:
+        """(shard, sample-in-shard, sub-window) for every item of the split, in build order."""
+        items = []
+        need = self._window_need()
+        for shard_index, shard in enumerate(self.shards):
+            for sample_index, tokens in enumerate(shard["sample_tokens"]):
+                repeats = max(1, tokens // need) if self.cfg.modality == "dna" else 1
+                items.extend((shard_index, sample_index, sub) for sub in range(repeats))
+        return items
+
+    def _batches_per_worker(self) -> int:
+        per_batch_round = self.n_slots * self.micro_batch_size
+        if self.train:
+            return len(self.items) // per_batch_round
+        return -(-len(self.items) // per_batch_round)  # validation: pad, never drop
+
+    def epoch_order(self, epoch: int) -> list[int | None]:
+        """Item indices of one epoch for all slots; None = padding item (validation only)."""
+        order: list[int | None] = list(range(len(self.items)))
+        if self.train:
+            random.Random(f"order:{self.seed}:{epoch}").shuffle(order)
+        total = self.batches_per_worker * self.n_slots * self.micro_batch_size
+        return order[:total] + [None] * (total - len(order))
+
+    def worker_items(self, epoch: int, worker: int, rank: int | None = None) -> list[int | None]:
+        rank = self.dp_rank if rank is None else rank
+        slot = rank * self.num_workers + worker
+        return self.epoch_order(epoch)[slot::self.n_slots]
+
+    # ------------------------------------------------------------------ reading
+    def _reader(self, shard_index: int) -> ShardReader | None:
+        if shard_index not in self._readers:
+            shard = self.shards[shard_index]
+            reader = None
+            try:
+                if self.cfg.verify_checksums:
+                    verify_shard(self.build_dir, shard)
+                reader = ShardReader(self.build_dir / shard["name"], self.cfg.on_corrupt, shard["samples"])
+            except ManifestError:
+                if self.cfg.on_corrupt == "error":
+                    raise
+            self._readers[shard_index] = reader
+        return self._readers[shard_index]
+
+    def _item_sequences(self, item: tuple[int, int, int]) -> list[str] | None:
+        reader = self._reader(item[0])
+        sequences = reader.read_sequences(item[1]) if reader is not None else None
+        if sequences is None:
+            self.skipped_samples += 1
+        return sequences
+
+    def _format(self, item_index: int | None, epoch: int):
+        """One packed row; padding and skipped items become rows without loss."""
+        S = self.context_len
+        empty = ([self.tokenizer.pad_id] * S, [formatters.IGNORE] * S, [0] * S)
+        if item_index is None:
+            return empty, None
+        item = self.items[item_index]
+        key = f"{self.shards[item[0]]['name']}:{item[1]}:{item[2]}"
+        sequences = self._item_sequences(item)
+        if sequences is None:
+            return empty, None
+        rng = random.Random(f"item:{self.seed}:{self.split}:{epoch if self.train else 0}:{item_index}")
+        cfg, tok = self.cfg, self.tokenizer
+        if cfg.modality == "dna":
+            ids = tok.encode_bytes(sequences[0], "replace")
+            window = formatters.dna_window(ids, S, self._window_need(), item[2], rng, self.train)
+            complement = self._complement if (self.train and cfg.rc_augment and rng.random() < 0.5) else None
+            if cfg.objective == "mlm":
+                row = formatters.dna_mlm(window, S, tok.pad_id, tok.mask_id, tok.base_ids,
+                                         cfg.mlm_probability, rng, complement)
+            else:
+                row = formatters.dna_clm(window, S, tok.pad_id, complement)
+        elif cfg.modality == "protein":
+            members = [list(tok.encode_bytes(s, "replace")) for s in sequences]
+            row = formatters.protein_icl(members, S, rng, tok, cfg.fim, cfg.fim_mean_spans,
+                                         cfg.fim_max_spans, cfg.fim_span_fraction,
+                                         cfg.max_position_id, cfg.shuffle_members)
+        else:
+            molecules = [tok.encode(s, "replace") for s in sequences]
+            row = formatters.molecules_icl(molecules, S, rng, tok, cfg.shuffle_members)
+        return row, key
+
+    # ------------------------------------------------------------------ iteration
+    def _batch(self, epoch: int, worker: int, batch_index: int) -> dict[str, torch.Tensor]:
+        B = self.micro_batch_size
+        items = self.worker_items(epoch, worker)[batch_index * B:(batch_index + 1) * B]
+        rows, keys = [], []
+        for item_index in items:
+            row, key = self._format(item_index, epoch)
+            rows.append(row)
+            keys.append(key)
+        self.last_batch_keys = keys
+        return {name: torch.tensor([row[n] for row in rows], dtype=torch.long)
+                for n, name in enumerate(("input_ids", "labels", "position_ids"))}
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return self.batches_per_worker * self.num_workers
+
+    def __iter__(self):
+        """Train: endless, epoch after epoch. Validation: the rest of one pass, then rewinds."""
+        while True:
+            consumed = sum(self.worker_batches)
+            while consumed < len(self):
+                worker = consumed % self.num_workers
+                batch = self._batch(self.epoch, worker, self.worker_batches[worker])
+                self.worker_batches[worker] += 1
+                consumed += 1
+                yield batch
+            self.worker_batches = [0] * self.num_workers
+            if not self.train:
+                return
+            self.epoch += 1
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION, "split": self.split, "epoch": self.epoch,
+            "worker_consumed_samples": [b * self.micro_batch_size for b in self.worker_batches],
+            "seed": self.seed, "dp_rank": self.dp_rank, "dp_size": self.dp_size,
+            "num_workers": self.num_workers, "context_len": self.context_len,
+            "micro_batch_size": self.micro_batch_size, "items": len(self.items),
+            "skipped_samples": self.skipped_samples,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for field in ("version", "split", "seed", "dp_size", "num_workers", "context_len",
+                      "micro_batch_size", "items"):
+            mine = STATE_VERSION if field == "version" else getattr(self, field, None)
+            if field == "items":
+                mine = len(self.items)
+            if state.get(field) != mine:
+                raise LoaderStateError(
+                    f"loader state field {field!r} is {state.get(field)!r} but this loader has "
+                    f"{mine!r}; resume with the same data config, world size and curriculum stage "
+                    "(start a new stage with a fresh loader)")
+        consumed = state["worker_consumed_samples"]
+        batches = [c // self.micro_batch_size for c in consumed]
+        if max(batches) - min(batches) > 1 or sorted(batches, reverse=True) != batches:
+            raise LoaderStateError(f"loader state worker_consumed_samples={consumed} is not a "
+                                   "round-robin position; the state is corrupt")
+        self.epoch = int(state["epoch"])
+        self.worker_batches = batches
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+
+
+def build_loader(data_cfg: DataConfig, split: str, context_len: int, micro_batch_size: int,
+                 dp_rank: int = 0, dp_size: int = 1, seed: int = 0) -> ShardLoader:
+    """The loader of INTERFACES.md; see ShardLoader."""
+    return ShardLoader(data_cfg, split, context_len, micro_batch_size, dp_rank, dp_size, seed)

@@ -1,0 +1,145 @@
+"""Readers for raw sequence files: FASTA (plain or .gz), A3M and Stockholm alignments.
+
+Each reader yields `SequenceRecord`s and raises `InputFormatError` naming the file and line
+for malformed input, so a builder never writes a shard from a half-understood file.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from data_pipeline.errors import InputFormatError
+
+
+@dataclass(frozen=True)
+class SequenceRecord:
+    """One named sequence; `name` is the first word of the header, `line` where it starts."""
+
+    name: str
+    sequence: str
+    source: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} record {self.name!r} (line {self.line})"
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Text handle for plain or gzip files (detected by magic bytes, not by extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFormatError(f"{path}: no such file; check the path")
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
+    return open(path, encoding="utf-8")
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    try:
+        with open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip("\r\n")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise InputFormatError(f"{path}: truncated or corrupt gzip ({err}); re-download the file") from None
+    except UnicodeDecodeError as err:
+        raise InputFormatError(f"{path}: not a text file ({err}); pass FASTA/A3M/Stockholm text") from None
+
+
+def read_fasta(path: str | Path, alignment: bool = False) -> Iterator[SequenceRecord]:
+    """Multi-record FASTA. With `alignment=True` (A3M), insertions are upper-cased and gaps removed."""
+    source = str(path)
+    name = None
+    start = 0
+    chunks: list[str] = []
+    seen_any = False
+
+    def finish() -> SequenceRecord:
+        sequence = "".join(chunks)
+        if alignment:
+            sequence = sequence.replace("-", "").replace(".", "").upper()
+        if not sequence:
+            raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
+                                   "remove the empty record")
+        return SequenceRecord(name, sequence, source, start)
+
+    for number, line in _lines(path):
+        if line.startswith(">"):
+            if name is not None:
+                yield finish()
+            name = line[1:].split(maxsplit=1)[0] if line[1:].strip() else ""
+            if not name:
+                raise InputFormatError(f"{source} line {number}: header without a name; "
+                                       "write '>name' before each sequence")
+            start, chunks, seen_any = number, [], True
+        elif line.startswith("#") and alignment and name is None:
+            continue  # A3M files may open with a '#' comment line
+        elif line.strip():
+            if name is None:
+                raise InputFormatError(f"{source} line {number}: sequence before the first '>' "
+                                       "header; this is not FASTA")
+            chunks.append("".join(line.split()))
+    if name is not None:
+        yield finish()
+    if not seen_any:
+        raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+
+
+def read_stockholm(path: str | Path) -> Iterator[SequenceRecord]:
+    """Stockholm alignment: sequences may span several blocks; gaps removed, upper-cased."""
+    source = str(path)
+    order: list[str] = []
+    pieces: dict[str, list[str]] = {}
+    first_line: dict[str, int] = {}
+    header_seen = False
+    for number, line in _lines(path):
+        if line.startswith("# STOCKHOLM"):
+            header_seen = True
+            continue
+        if not line.strip() or line.startswith("#") or line.startswith("//"):
+            continue
+        if not header_seen:
+            raise InputFormatError(f"{source} line {number}: missing '# STOCKHOLM 1.0' header")
+        parts = line.split()
+        if len(parts) != 2:
+            raise InputFormatError(f"{source} line {number}: expected 'name sequence', got "
+                                   f"{len(parts)} fields")
+        name, aligned = parts
+        if name not in pieces:
+            order.append(name)
+            pieces[name] = []
+            first_line[name] = number
+        pieces[name].append(aligned)
+    if not order:
+        raise InputFormatError(f"{source}: no sequences in Stockholm file")
+    for name in order:
+        sequence = "".join(pieces[name]).replace("-", "").replace(".", "").upper()
+        if not sequence:
+            raise InputFormatError(f"{source} line {first_line[name]}: sequence {name!r} is all gaps")
+        yield SequenceRecord(name, sequence, source, first_line[name])
+
+
+def read_family_file(path: str | Path) -> list[SequenceRecord]:
+    """All sequences of one protein family file, format chosen by extension."""
+    suffixes = [s.lower() for s in Path(path).suffixes if s.lower() != ".gz"]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix in (".sto", ".stockholm", ".stk"):
+        return list(read_stockholm(path))
+    if suffix == ".a3m":
+        return list(read_fasta(path, alignment=True))
+    return list(read_fasta(path))
+
+
+def accession_keys(name: str) -> list[str]:
+    """Names a cluster table may use for a FASTA header word: `sp|P12345|X_HUMAN` -> P12345 too."""
+    keys = [name]
+    parts = name.split("|")
+    if len(parts) >= 2 and parts[1]:
+        keys.append(parts[1])
+    return keys

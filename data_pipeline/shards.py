@@ -1,0 +1,171 @@
+"""WebDataset tar shards with zstd members: a deterministic writer and a random-access reader.
+
+A sample with key K is two tar members, `K.txt.zst` (its sequences, one per line) and
+`K.json.zst` (group name and counts), the WebDataset convention of one key per sample.
+Bytes depend only on the samples: fixed mtime/uid/gid/mode, USTAR headers, fixed zstd level
+with frame checksums. A shard is written under a hidden temporary name and renamed when
+complete, so an interrupted build never leaves a shard that looks finished.
+
+The reader indexes member offsets from the tar headers once, then seeks to samples in any
+order; this is what lets the loader resume at an exact position without replaying data.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from data_pipeline.errors import ShardCorruptError
+
+ZSTD_LEVEL = 9
+SEQUENCES_EXT = "txt.zst"
+META_EXT = "json.zst"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Writes one shard atomically: use as a context manager; `close()` renames into place."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.temp_path = self.path.with_name(f".{self.path.name}.partial")
+        self._file = open(self.temp_path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        self.samples = 0
+        self.closed = False
+
+    def _add_member(self, name: str, payload: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(payload))
+
+    def write(self, key: str, sequences: list[str], meta: dict) -> None:
+        text = "\n".join(sequences).encode("ascii")
+        self._add_member(f"{key}.{SEQUENCES_EXT}", self._compressor.compress(text))
+        meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+        self._add_member(f"{key}.{META_EXT}", self._compressor.compress(meta_bytes))
+        self.samples += 1
+
+    def close(self) -> None:
+        """Finish the archive, flush it to disk, then rename it to its final name."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.temp_path, self.path)
+        self.closed = True
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class SampleLocation:
+    key: str
+    offset: int
+    size: int
+    member: str
+
+
+class ShardReader:
+    """Random access to the samples of one shard by index.
+
+    With `on_corrupt="skip"`, a truncated tail is tolerated: samples whose headers were read
+    stay readable and `missing_samples` tells how many the manifest expected beyond them.
+    """
+
+    def __init__(self, path: str | Path, on_corrupt: str = "error", expected_samples: int | None = None):
+        self.path = Path(path)
+        self.on_corrupt = on_corrupt
+        self.locations: list[SampleLocation | None] = []
+        self.index_error: str | None = None
+        self._handle = None
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._build_index()
+        self.missing_samples = 0
+        if expected_samples is not None and len(self.locations) < expected_samples:
+            self.missing_samples = expected_samples - len(self.locations)
+            if on_corrupt == "error" and self.index_error is None:
+                self._fail(None, f"has {len(self.locations)} samples, manifest says {expected_samples}")
+
+    def _fail(self, member: str | None, problem: str):
+        where = f"{self.path}" + (f" member {member}" if member else "")
+        raise ShardCorruptError(f"{where}: {problem}; rebuild the shards with `bioxlstm data build` "
+                                "or set data.on_corrupt=skip to skip and count bad samples")
+
+    def _build_index(self) -> None:
+        last_member = None
+        try:
+            with tarfile.open(self.path, mode="r:") as archive:
+                file_size = self.path.stat().st_size
+                for info in archive:
+                    last_member = info.name
+                    if not info.name.endswith("." + SEQUENCES_EXT):
+                        continue
+                    if info.offset_data + info.size > file_size:
+                        raise tarfile.ReadError("member data runs past the end of the file")
+                    key = info.name[: -len(SEQUENCES_EXT) - 1]
+                    self.locations.append(SampleLocation(key, info.offset_data, info.size, info.name))
+        except (tarfile.TarError, OSError, EOFError) as err:
+            after = f" after member {last_member}" if last_member else ""
+            self.index_error = f"truncated or corrupt tar{after} ({err})"
+            if self.on_corrupt == "error":
+                self._fail(None, self.index_error)
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def read_sequences(self, index: int) -> list[str] | None:
+        """The sequences of sample `index`; None (skip mode) if it cannot be decoded."""
+        if index >= len(self.locations):
+            if self.on_corrupt == "error":
+                self._fail(None, f"sample {index} is missing ({self.index_error or 'short shard'})")
+            return None
+        location = self.locations[index]
+        if self._handle is None:
+            self._handle = open(self.path, "rb")
+        self._handle.seek(location.offset)
+        payload = self._handle.read(location.size)
+        try:
+            if len(payload) != location.size:
+                raise zstandard.ZstdError("member is truncated")
+            text = self._decompressor.decompress(payload).decode("ascii")
+        except (zstandard.ZstdError, UnicodeDecodeError) as err:
+            if self.on_corrupt == "error":
+                self._fail(location.member, f"cannot decode zstd member ({err})")
+            return None
+        return text.split("\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,294 @@
+"""Tokenizers for DNA, protein and SMILES, saved and loaded as JSON.
+
+Only the standard library is imported at module top, so an exported model can load its
+tokenizer without webdataset, RDKit or torch. Vocabularies follow DESIGN.md section 8
+(DNA-xLSTM, Prot-xLSTM and Chem-xLSTM public code).
+
+`encode` maps a plain sequence (no special tokens) to ids; formatters add the special
+tokens. `decode` renders special tokens by name. Characters with no id raise
+`UnknownSymbolError` unless `unknown="replace"` maps them to the modality's wildcard.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from data_pipeline.errors import ConfigError, UnknownSymbolError
+
+UNKNOWN_POLICIES = ("error", "replace")
+
+
+def _check_policy(unknown: str) -> None:
+    if unknown not in UNKNOWN_POLICIES:
+        raise ConfigError(f"unknown={unknown!r}: choose one of {', '.join(UNKNOWN_POLICIES)}")
+
+
+class _VocabTokenizer:
+    """Shared bookkeeping: a list of token strings whose index is the id."""
+
+    kind = ""
+    vocab: list[str]
+
+    def __init__(self, unknown: str = "error"):
+        _check_policy(unknown)
+        self.unknown = unknown
+        self.token_to_id = {token: index for index, token in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_id(self, token: str) -> int:
+        return self.token_to_id[token]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.vocab[int(i)] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "vocab": list(self.vocab), "unknown": self.unknown}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def _unknown_error(self, symbol: str, position: int, where: str | None) -> UnknownSymbolError:
+        place = f" in {where}" if where else ""
+        return UnknownSymbolError(
+            f"unknown {self.kind} symbol {symbol!r} at position {position}{place}: fix the input "
+            f"or rebuild with --unknown=replace (maps it to {self.wildcard!r})"
+        )
+
+    wildcard = ""
+
+
+class _CharTokenizer(_VocabTokenizer):
+    """One character = one token, via a str.translate table (fast, pure Python)."""
+
+    def __init__(self, unknown: str = "error"):
+        super().__init__(unknown)
+        table = {}
+        for char, index in self.char_ids().items():
+            table[ord(char)] = chr(index)
+        self._table = table
+        self._bad = re.compile(f"[^\\x00-{chr(self.vocab_size - 1)}]")
+
+    def char_ids(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def encode_bytes(self, sequence: str, unknown: str | None = None, where: str | None = None) -> bytes:
+        """Ids as one byte each (all char vocabularies are < 256): the fast path for builders."""
+        policy = unknown or self.unknown
+        _check_policy(policy)
+        translated = sequence.translate(self._table)
+        bad = self._bad.search(translated)
+        if bad is not None:
+            if policy == "error":
+                raise self._unknown_error(sequence[bad.start()], bad.start(), where)
+            wildcard = chr(self.token_to_id[self.wildcard])
+            translated = self._bad.sub(wildcard, translated)
+        return translated.encode("latin-1")
+
+    def encode(self, sequence: str, unknown: str | None = None, where: str | None = None) -> list[int]:
+        return list(self.encode_bytes(sequence, unknown, where))
+
+
+class DNATokenizer(_CharTokenizer):
+    """Single-nucleotide tokens; lowercase (soft-masked) accepted; IUPAC ambiguity codes -> N."""
+
+    kind = "dna"
+    vocab = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]",
+             "A", "C", "G", "T", "N", "[UNUSED12]", "[UNUSED13]", "[UNUSED14]", "[UNUSED15]"]
+    wildcard = "N"
+    iupac_ambiguity = "RYSWKMBDHVU"  # U (RNA) is not ambiguous but has no DNA id either: -> N
+
+    def char_ids(self) -> dict[str, int]:
+        ids = {}
+        for base in "ACGTN":
+            ids[base] = ids[base.lower()] = self.vocab.index(base)
+        n_id = self.vocab.index("N")
+        for code in self.iupac_ambiguity:
+            ids[code] = ids[code.lower()] = n_id
+        return ids
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_to_id["[PAD]"]
+
+    @property
+    def mask_id(self) -> int:
+        return self.token_to_id["[MASK]"]
+
+    @property
+    def base_ids(self) -> list[int]:
+        return [self.token_to_id[b] for b in "ACGT"]
+
+    def complement_table(self) -> list[int]:
+        """id -> id of the complementary base; special tokens and N map to themselves."""
+        table = list(range(self.vocab_size))
+        for a, b in ("AT", "TA", "CG", "GC"):
+            table[self.token_to_id[a]] = self.token_to_id[b]
+        return table
+
+    def reverse_complement(self, ids: Sequence[int]) -> list[int]:
+        table = self.complement_table()
+        return [table[int(i)] for i in reversed(ids)]
+
+
+class ProteinTokenizer(_CharTokenizer):
+    """Prot-xLSTM's 38-id vocabulary (DESIGN.md section 8), FIM sentinels included."""
+
+    kind = "protein"
+    vocab = (["<cls>", "<pad>", "<eos>", "<unk>"] + list("LAGVSERTIDPKQNFYMHWC")
+             + list("XBUZO") + [".", "-", "<null_1>", "<mask>"]
+             + [f"<mask-{k}>" for k in range(1, 6)])
+    wildcard = "X"
+
+    def char_ids(self) -> dict[str, int]:
+        ids = {}
+        for char in "LAGVSERTIDPKQNFYMHWCXBUZO":
+            ids[char] = ids[char.lower()] = self.vocab.index(char)
+        ids["."] = self.vocab.index(".")
+        ids["-"] = self.vocab.index("-")
+        return ids
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_to_id["<pad>"]
+
+    @property
+    def cls_id(self) -> int:
+        return self.token_to_id["<cls>"]
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_to_id["<eos>"]
+
+    def fim_mask_id(self, span_number: int) -> int:
+        """Sentinel `<mask-k>` for the k-th moved span, k = 1..5."""
+        return self.token_to_id[f"<mask-{span_number}>"]
+
+
+# Atom-level SMILES regex (Schwaller et al. 2019, used by Chem-xLSTM's tokenizer).
+SMILES_REGEX = re.compile(
+    r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
+)
+SMILES_SPECIALS = ["[PAD]", "[BEG]", "[END]", "[UNK]"]
+# Tokens every vocabulary holds, so small builds still tokenize common organic SMILES.
+SMILES_BASE_TOKENS = (list("BCNOSPFI") + ["Cl", "Br"] + list("bcnosp") + list("()[]=#-+\\/:.%*")
+                      + [str(d) for d in range(10)])
+
+
+def split_smiles(smiles: str) -> list[str]:
+    """Regex atom-level pieces; raises ValueError if the pieces do not cover the string."""
+    pieces = SMILES_REGEX.findall(smiles)
+    if "".join(pieces) != smiles:
+        raise ValueError(smiles)
+    return pieces
+
+
+class SmilesTokenizer(_VocabTokenizer):
+    """Regex atom-level SMILES tokens; the vocabulary grows from the build's training data."""
+
+    kind = "molecules"
+    wildcard = "[UNK]"
+
+    def __init__(self, tokens: Iterable[str] = (), unknown: str = "error"):
+        seen = list(SMILES_SPECIALS)
+        for token in list(SMILES_BASE_TOKENS) + sorted(set(tokens)):
+            if token not in seen:
+                seen.append(token)
+        self.vocab = seen
+        super().__init__(unknown)
+
+    @classmethod
+    def from_corpus(cls, smiles: Iterable[str], unknown: str = "error") -> "SmilesTokenizer":
+        tokens: set[str] = set()
+        for item in smiles:
+            tokens.update(split_smiles(item))
+        return cls(sorted(tokens), unknown)
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_to_id["[PAD]"]
+
+    @property
+    def beg_id(self) -> int:
+        return self.token_to_id["[BEG]"]
+
+    @property
+    def end_id(self) -> int:
+        return self.token_to_id["[END]"]
+
+    @property
+    def separator_id(self) -> int:
+        """Molecules of one domain are joined with '.' (Chem-xLSTM), a plain SMILES token."""
+        return self.token_to_id["."]
+
+    def encode(self, sequence: str, unknown: str | None = None, where: str | None = None) -> list[int]:
+        policy = unknown or self.unknown
+        _check_policy(policy)
+        try:
+            pieces = split_smiles(sequence)
+        except ValueError:
+            covered = 0
+            for match in SMILES_REGEX.finditer(sequence):
+                if match.start() != covered:
+                    break
+                covered = match.end()
+            raise self._unknown_error(sequence[covered], covered, where) from None
+        ids = []
+        for position, piece in enumerate(pieces):
+            index = self.token_to_id.get(piece)
+            if index is None:
+                if policy == "error":
+                    raise self._unknown_error(piece, position, where)
+                index = self.token_to_id["[UNK]"]
+            ids.append(index)
+        return ids
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "vocab": list(self.vocab), "unknown": self.unknown}
+
+
+TOKENIZER_TYPES = {"dna": DNATokenizer, "protein": ProteinTokenizer, "molecules": SmilesTokenizer}
+
+
+def tokenizer_for(modality: str, unknown: str = "error"):
+    """Fresh tokenizer of a modality (SMILES: base vocabulary only)."""
+    if modality not in TOKENIZER_TYPES:
+        raise ConfigError(f"modality={modality!r}: choose one of {', '.join(TOKENIZER_TYPES)}")
+    return TOKENIZER_TYPES[modality](unknown=unknown)
+
+
+def load_tokenizer(path_or_dict):
+    """Tokenizer from `to_dict()` output or a JSON file holding it (e.g. an export's tokenizer.json)."""
+    if isinstance(path_or_dict, dict):
+        spec = path_or_dict
+        source = "tokenizer dict"
+    else:
+        source = str(path_or_dict)
+        try:
+            spec = json.loads(Path(path_or_dict).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read tokenizer {source}: {err}; pass a tokenizer.json "
+                              "written by Tokenizer.save") from None
+    kind = spec.get("type")
+    if kind not in TOKENIZER_TYPES:
+        raise ConfigError(f"{source}: field 'type'={kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")
+    unknown = spec.get("unknown", "error")
+    if kind == "molecules":
+        vocab = spec["vocab"]
+        if vocab[: len(SMILES_SPECIALS)] != SMILES_SPECIALS:
+            raise ConfigError(f"{source}: SMILES vocab must start with {SMILES_SPECIALS}")
+        tokenizer = SmilesTokenizer(vocab[len(SMILES_SPECIALS):], unknown)
+        if tokenizer.vocab != vocab:
+            # Keep the saved order exactly: ids must not move between save and load.
+            tokenizer.vocab = list(vocab)
+            tokenizer.token_to_id = {t: i for i, t in enumerate(vocab)}
+        return tokenizer
+    tokenizer = TOKENIZER_TYPES[kind](unknown=unknown)
+    if spec.get("vocab") not in (None, tokenizer.vocab):
+        raise ConfigError(f"{source}: vocab differs from the built-in {kind} vocabulary; "
+                          "it was written by another version")
+    return tokenizer
