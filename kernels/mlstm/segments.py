@@ -104,10 +104,6 @@ def fresh_state(batch_shape, Dqk, Dv, dtype=torch.float32, device=None):
     )
 
 
-def _stack_summaries(summaries: Sequence[SegmentSummary]) -> SegmentSummary:
-    return SegmentSummary(*(torch.stack(parts) for parts in zip(*summaries)))
-
-
 def scan_summaries(
     summaries: Union[SegmentSummary, Sequence[SegmentSummary]], initial_state=None
 ):
@@ -120,12 +116,16 @@ def scan_summaries(
     per-step work is a few (Dqk, Dv) multiply-adds.
     """
     stacked = isinstance(summaries, SegmentSummary)
-    items = [SegmentSummary(*(x[p] for x in summaries)) for p in range(summaries.F.shape[0])] if stacked else list(summaries)
+    if stacked:
+        items = [SegmentSummary(*(x[p] for x in summaries)) for p in range(summaries.F.shape[0])]
+    else:
+        items = list(summaries)
     if not items:
         raise KernelInputError("scan_summaries: got no summaries; pass at least one segment")
     first = items[0]
     if initial_state is None:
-        state = fresh_state(first.m.shape, first.C.shape[-2], first.C.shape[-1], first.C.dtype, first.C.device)
+        Dqk, Dv = first.C.shape[-2:]
+        state = fresh_state(first.m.shape, Dqk, Dv, first.C.dtype, first.C.device)
     else:
         state = tuple(x.to(first.C.dtype) for x in initial_state)
     entering = []
