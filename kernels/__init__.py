@@ -72,8 +72,9 @@ def mlstm_chunkwise(
     """mLSTM over whole sequences (DESIGN.md section 3).
 
     q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S) gate pre-activations (they may be
-    kept in fp32 while q, k, v are bf16). Returns h (B, H, S, Dv) in v's dtype, and with `return_final_state` also the fp32 state
-    (C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H)). `segments` splits each sequence into P
+    kept in fp32 while q, k, v are bf16). Returns h (B, H, S, Dv) in v's dtype, and with
+    `return_final_state` also the fp32 state (C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H)).
+    Any S works (partial chunks are padded exactly). `segments` splits each sequence into P
     segments with exact state passing ("auto": only on CUDA when B*H is too small to fill it).
     """
     check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size)
