@@ -140,3 +140,16 @@ def test_torch_backend_traces_into_one_graph():
     torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-6)
     for got, ref in zip(torch.autograd.grad(out.sum(), leaves), eager_grads):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_triton_backend_through_the_registry_matches_the_reference():
+    """Integration of helper A2's kernels with the registry and with segments (Triton runs in
+    its CPU interpreter here); skipped until kernels.mlstm.autograd exists."""
+    pytest.importorskip("kernels.mlstm.autograd")
+    from mlstm_cases import assert_close, outputs_and_grads
+
+    inputs = make_inputs(1, 2, 32, 16, 16, dtype=torch.float32, gates="moderate", with_state=True)
+    ref = outputs_and_grads(mlstm_parallel_reference, inputs, dtype=torch.float64)
+    for segments in (1, 2):
+        got = outputs_and_grads(kernels.mlstm_chunkwise, inputs, backend="triton", chunk_size=16, segments=segments)
+        assert_close(got, ref, tol=1e-5)
