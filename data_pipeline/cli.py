@@ -1,0 +1,102 @@
+"""`bioxlstm data build {dna,protein,molecules} INPUT... --out DIR`.
+
+Only the standard library is imported here; builders load inside the handler so that
+`bioxlstm --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _common(parser: argparse.ArgumentParser, val_default: float) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory for shards and manifest.json; must not hold a finished build")
+    parser.add_argument("--val-fraction", type=float, default=val_default,
+                        help=f"fraction of groups (clusters/domains/windows) put in the validation split "
+                             f"(default {val_default}; at least one group when > 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the group-level train/validation split (default 0)")
+    parser.add_argument("--shard-mb", type=float, default=64.0,
+                        help="target raw sequence megabytes per shard (default 64)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build WebDataset shards from raw sequence files",
+                                 description="Data preparation: tokenize, group, split and shard.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    build = data_sub.add_parser("build", help="build shards for one modality",
+                                description="Build deterministic WebDataset tar shards (zstd members), "
+                                            "a group-level train/validation split and manifest.json.")
+    modalities = build.add_subparsers(dest="modality", metavar="MODALITY")
+
+    dna = modalities.add_parser("dna", help="genome FASTA(.gz) -> windows of each record")
+    dna.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA or FASTA.gz files (multi-record)")
+    dna.add_argument("--window-len", type=int, default=32768,
+                     help="bases per stored sample; loaders cut context-length windows from it (default 32768)")
+    dna.add_argument("--min-window-len", type=int, default=128,
+                     help="drop (and count) record tails shorter than this (default 128)")
+    dna.add_argument("--min-n-run", type=int, default=100,
+                     help="N-runs at least this long split a record; shorter ones stay as N (default 100)")
+    dna.add_argument("--split-by", choices=("window", "record"), default="window",
+                     help="group of the train/validation split: each window or each whole record (default window)")
+    dna.add_argument("--unknown", choices=("error", "replace"), default="error",
+                     help="characters other than ACGTN/IUPAC codes: stop with an error (default) or replace by N")
+    _common(dna, 0.05)
+    dna.set_defaults(handler=_build)
+
+    protein = modalities.add_parser("protein", help="protein clusters: FASTA + cluster table, or one file per family")
+    protein.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="FASTA files (with --clusters), else one FASTA/A3M/Stockholm file per family "
+                              "(directories are expanded)")
+    protein.add_argument("--clusters", metavar="TSV",
+                         help="cluster table 'representative<TAB>member' (MMseqs2 easy-cluster *_cluster.tsv)")
+    protein.add_argument("--min-members", type=int, default=1,
+                         help="keep clusters with at least this many members (default 1)")
+    protein.add_argument("--max-clusters", type=int, default=None,
+                         help="keep only the first N clusters (quick experiments)")
+    protein.add_argument("--unknown", choices=("error", "replace"), default="error",
+                         help="residues outside the 25 amino-acid letters: error (default) or replace by X")
+    _common(protein, 0.05)
+    protein.set_defaults(handler=_build)
+
+    molecules = modalities.add_parser("molecules", help="SMILES grouped into domains")
+    molecules.add_argument("inputs", nargs="+", metavar="INPUT",
+                           help="CSV with header 'smiles,domain' (or 'smiles' only), or .smi files "
+                                "(one SMILES per line): without domains, molecules are grouped by "
+                                "Bemis-Murcko scaffold")
+    molecules.add_argument("--min-domain-size", type=int, default=2,
+                           help="keep domains with at least this many valid molecules (default 2)")
+    molecules.add_argument("--max-molecules", type=int, default=None,
+                           help="read only the first N SMILES (quick experiments)")
+    _common(molecules, 0.1)
+    molecules.set_defaults(handler=_build)
+
+    def _missing_modality(args) -> int:
+        build.print_help()
+        return 2
+
+    build.set_defaults(handler=_missing_modality)
+    data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
+
+
+def _build(args) -> int:
+    common = dict(out=args.out, val_fraction=args.val_fraction, seed=args.seed,
+                  shard_mb=args.shard_mb, progress=not args.no_progress)
+    if args.modality == "dna":
+        from data_pipeline.build_dna import build_dna
+        manifest = build_dna(args.inputs, window_len=args.window_len, min_window_len=args.min_window_len,
+                             min_n_run=args.min_n_run, split_by=args.split_by, unknown=args.unknown, **common)
+    elif args.modality == "protein":
+        from data_pipeline.build_protein import build_protein
+        manifest = build_protein(args.inputs, clusters=args.clusters, unknown=args.unknown,
+                                 min_members=args.min_members, max_clusters=args.max_clusters, **common)
+    else:
+        from data_pipeline.build_molecules import build_molecules
+        manifest = build_molecules(args.inputs, min_domain_size=args.min_domain_size,
+                                   max_molecules=args.max_molecules, **common)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['samples']} samples, {info['tokens']} tokens, "
+              f"{len(info['shards'])} shards, {info['groups']} groups")
+    print(f"wrote {args.out}/manifest.json")
+    return 0
