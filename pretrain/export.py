@@ -1,0 +1,271 @@
+"""Export a training checkpoint to the minimal inference format (DESIGN.md section 6).
+
+A training checkpoint is DeepSpeed's sharded layout (ZeRO stage 0-3, any world size, any
+context-parallel size) plus the train state. Downstream teams get one directory instead:
+
+    model.safetensors   consolidated weights (fp32 or bf16), unwrapped module names
+    config.json         ModelConfig.to_dict(): architecture only
+    tokenizer.json      the tokenizer the shards were built with
+    README.md           model card: modality, parameters, tokens trained, curriculum stage,
+                        validation loss, source checkpoint and config hash
+
+ZeRO shards are merged with DeepSpeed's own `get_fp32_state_dict_from_zero_checkpoint`, which
+reads the fp32 master partitions on CPU: no GPU and no process group of the original size. The
+output is written to a temporary sibling directory and renamed into place, so a failed export
+leaves nothing behind and an existing export is replaced only with `--force`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+CARD_FILE = "README.md"
+LATEST_MARKER = "latest"
+DTYPES = ("fp32", "bf16")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ExportError(Exception):
+    """The checkpoint cannot be exported as asked; nothing was written."""
+
+    user_facing = True
+
+
+@dataclass
+class CheckpointSource:
+    """Everything export needs from one training checkpoint, whatever wrote it."""
+
+    checkpoint_dir: Path              # the tag directory holding the DeepSpeed files
+    model_config: dict                # ModelConfig.to_dict()
+    tokenizer: dict                   # Tokenizer.to_dict()
+    provenance: dict = field(default_factory=dict)   # for the model card
+
+
+# ---- locating and checking the DeepSpeed files -------------------------------------------------
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A specific checkpoint directory, given it or a run/checkpoints directory with `latest`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such checkpoint directory; pass a run directory or one of its "
+                          "checkpoints/<tag> directories")
+    if _deepspeed_model_files(path):
+        return path
+    for marker in (path / LATEST_MARKER, path / "checkpoints" / LATEST_MARKER):
+        if marker.is_file():
+            tag = marker.read_text().strip()
+            candidate = marker.parent / tag
+            if not tag or not candidate.is_dir():
+                raise ExportError(f"{marker} names checkpoint {tag!r}, which does not exist under "
+                                  f"{marker.parent}; pass a checkpoint directory explicitly")
+            return candidate
+    raise ExportError(f"{path}: holds neither DeepSpeed model-state files nor a `latest` marker; "
+                      "pass a run directory or one of its checkpoints/<tag> directories")
+
+
+def _deepspeed_model_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*model_states.pt"))
+
+
+def _deepspeed_optim_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*_optim_states.pt"))
+
+
+def read_zero_stage(checkpoint_dir: Path) -> int:
+    """The ZeRO stage, from the model-state file every DeepSpeed checkpoint has."""
+    import torch
+
+    files = _deepspeed_model_files(checkpoint_dir)
+    if not files:
+        raise ExportError(f"{checkpoint_dir}: no *model_states.pt file: not a complete DeepSpeed "
+                          "checkpoint; export an earlier checkpoint")
+    try:
+        states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated or corrupt pickle/zip
+        raise ExportError(f"{files[0]}: unreadable ({type(err).__name__}: {err}); the checkpoint is "
+                          "corrupt or incomplete: export an earlier checkpoint") from None
+    config = states.get("ds_config") or {}
+    return int((config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def consolidated_state_dict(checkpoint_dir: Path) -> dict:
+    """Full fp32 weights from a DeepSpeed checkpoint of any ZeRO stage and world size."""
+    import torch
+
+    stage = read_zero_stage(checkpoint_dir)
+    if stage == 0:
+        model_file = checkpoint_dir / "mp_rank_00_model_states.pt"
+        try:
+            module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        except Exception as err:
+            raise ExportError(f"{model_file}: unreadable ({type(err).__name__}: {err}); the "
+                              "checkpoint is corrupt or incomplete: export an earlier checkpoint") from None
+        state = {name: tensor.float() if tensor.is_floating_point() else tensor
+                 for name, tensor in module.items()}
+    else:
+        if not _deepspeed_optim_files(checkpoint_dir):
+            raise ExportError(f"{checkpoint_dir}: ZeRO stage {stage} checkpoint without "
+                              "*_optim_states.pt shards: incomplete; export an earlier checkpoint")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
+        except Exception as err:  # missing shards, world-size mismatch, truncated files
+            raise ExportError(f"{checkpoint_dir}: cannot consolidate the ZeRO-{stage} shards "
+                              f"({type(err).__name__}: {err}); the checkpoint is corrupt or "
+                              "incomplete: export an earlier checkpoint") from None
+    return {_unwrapped_name(name): tensor.detach().contiguous() for name, tensor in state.items()}
+
+
+def _unwrapped_name(name: str) -> str:
+    """Names of the bare model: wrappers (DDP, torch.compile) add prefixes (nanoGPT #325)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                stripped = True
+    return name
+
+
+def check_weights_fit(state: dict, model_config: dict, where: Path) -> int:
+    """Build the model from its config and load the weights strictly; returns the parameter
+    count. Catches a config that does not belong to these weights before anything is written."""
+    import torch
+
+    from modeling import ModelConfig, build_model
+
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_dict(model_config))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(name for name in set(expected) & set(state)
+                         if tuple(expected[name].shape) != tuple(state[name].shape))
+    if missing or unexpected or wrong_shape:
+        raise ExportError(f"{where}: weights do not match the run's model config (missing "
+                          f"{missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong_shape[:4]}); "
+                          "the checkpoint belongs to another config")
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- writing the export -------------------------------------------------------------------------
+
+def export_checkpoint(source: CheckpointSource, out_dir: str | Path, dtype: str = "fp32",
+                      force: bool = False) -> Path:
+    """Write the export of `source` to `out_dir` atomically; returns `out_dir`."""
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise ExportError(f"{out_dir} exists and is not empty; choose a new directory or pass --force "
+                          "to replace it")
+    state = consolidated_state_dict(source.checkpoint_dir)
+    num_parameters = check_weights_fit(state, source.model_config, source.checkpoint_dir)
+    target = torch.bfloat16 if dtype == "bf16" else torch.float32
+    tensors = {name: (t.to(target) if t.is_floating_point() else t).contiguous() for name, t in state.items()}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dtype": dtype})
+        _write_json(staging / CONFIG_FILE, source.model_config)
+        _write_json(staging / TOKENIZER_FILE, source.tokenizer)
+        card = model_card(source, num_parameters, dtype, _sha256(staging / WEIGHTS_FILE))
+        (staging / CARD_FILE).write_text(card)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename the finished export over `out_dir`; an old export is removed only afterwards."""
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rmdir(old)
+    os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(model_config: dict) -> str:
+    """Stable short hash of a config dict (sorted JSON)."""
+    return hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_card(source: CheckpointSource, num_parameters: int, dtype: str, weights_sha256: str) -> str:
+    """A short README.md: what the model is and where it came from."""
+    facts = source.provenance
+    modality = source.tokenizer.get("type", "unknown")
+
+    def fact(key: str, default: str = "unknown") -> str:
+        value = facts.get(key)
+        return default if value is None else str(value)
+
+    lines = [
+        f"# Bio-xLSTM {modality} model",
+        "",
+        "Exported by `bioxlstm export` from a training checkpoint. Load it with",
+        "`from modeling.inference import load; model = load(\"<this directory>\")`",
+        "(needs torch, safetensors and this project's `modeling`; no DeepSpeed).",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| modality | {modality} |",
+        f"| parameters | {num_parameters:,} |",
+        f"| d_model x blocks | {source.model_config.get('d_model', '?')} x {source.model_config.get('num_blocks', '?')} |",
+        f"| objective | {fact('objective')} |",
+        f"| tokens trained | {_format_count(facts.get('tokens_seen'))} |",
+        f"| optimizer steps | {fact('step')} |",
+        f"| curriculum reached | {fact('curriculum')} |",
+        f"| validation loss | {fact('validation_loss', 'not measured')} |",
+        f"| weights dtype | {dtype} |",
+        f"| source checkpoint | `{source.checkpoint_dir}` |",
+        f"| run config hash | {fact('run_config_hash')} |",
+        f"| model config hash | {config_hash(source.model_config)} |",
+        f"| model.safetensors sha256 | {weights_sha256[:16]}... |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _format_count(value) -> str:
+    if value is None:
+        return "unknown"
+    value = int(value)
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit} ({value:,})"
+    return f"{value:,}"

@@ -1,0 +1,257 @@
+"""`bioxlstm export | score | embed | generate | infill`: export a checkpoint, use an export.
+
+Only the standard library is imported at module top (docs/INTERFACES.md); torch, safetensors
+and the model load inside the handlers. The inference subcommands read FASTA (DNA, protein) or
+SMILES files (one molecule per line, first column) and write FASTA, CSV or NPY.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+SAMPLING_HELP = {
+    "temperature": "softmax temperature; 0 = greedy (default 1.0)",
+    "top_k": "sample only among the K most likely tokens (default: all)",
+    "top_p": "nucleus sampling: the smallest token set with probability >= P (default: off)",
+    "seed": "random seed; the same seed gives the same output (default 0)",
+}
+
+
+def register(subparsers) -> None:
+    _register_export(subparsers)
+    _register_score(subparsers)
+    _register_embed(subparsers)
+    _register_generate(subparsers)
+    _register_infill(subparsers)
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+def _register_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a training checkpoint to model.safetensors + config + tokenizer + card",
+        description="Consolidate a DeepSpeed training checkpoint (any ZeRO stage, world size and "
+                    "context-parallel size; no GPU needed) into a directory that loads with "
+                    "torch + safetensors + modeling only.")
+    parser.add_argument("checkpoint", metavar="CKPT_DIR",
+                        help="a run directory (its `latest` checkpoint is used) or one checkpoint "
+                             "directory RUN/checkpoints/<tag>")
+    parser.add_argument("out", metavar="OUT_DIR", help="directory to create for the export")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="dtype of the saved weights (default fp32; bf16 halves the size)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT_DIR if it exists and is not empty (the old one is removed "
+                             "only after the new export is complete)")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> int:
+    from pretrain.export import export_checkpoint, read_training_checkpoint
+
+    source = read_training_checkpoint(args.checkpoint)
+    out = export_checkpoint(source, args.out, dtype=args.dtype, force=args.force)
+    print(f"exported {source.checkpoint_dir} -> {out}")
+    return 0
+
+
+# ---- shared options and readers -----------------------------------------------------------------
+
+def _add_model_dir(parser) -> None:
+    parser.add_argument("model", metavar="MODEL_DIR", help="a directory written by `bioxlstm export`")
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+
+
+def _add_sampling(parser) -> None:
+    parser.add_argument("--temperature", type=float, default=1.0, help=SAMPLING_HELP["temperature"])
+    parser.add_argument("--top-k", type=int, default=None, help=SAMPLING_HELP["top_k"])
+    parser.add_argument("--top-p", type=float, default=None, help=SAMPLING_HELP["top_p"])
+    parser.add_argument("--seed", type=int, default=0, help=SAMPLING_HELP["seed"])
+
+
+def _load(args):
+    from modeling.inference import load
+
+    return load(args.model, device=args.device)
+
+
+def read_sequences(path: str, modality: str) -> list[tuple[str, str]]:
+    """(name, sequence) pairs: FASTA for DNA and protein, one SMILES per line for molecules
+    (first whitespace/comma-separated column; a header line 'smiles' is skipped)."""
+    from modeling.inference import InferenceError
+
+    if modality != "molecules":
+        from data_pipeline.readers import read_fasta
+
+        return [(record.name, record.sequence) for record in read_fasta(path)]
+    file = Path(path)
+    if not file.is_file():
+        raise InferenceError(f"{path}: no such SMILES file")
+    records = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        fields = line.replace(",", " ").split()
+        if not fields or (number == 1 and fields[0].lower() == "smiles"):
+            continue
+        name = fields[1] if len(fields) > 1 else f"mol{number}"
+        records.append((name, fields[0]))
+    if not records:
+        raise InferenceError(f"{path}: no SMILES found; write one molecule per line")
+    return records
+
+
+def _write_fasta(path: str, records: list[tuple[str, str]]) -> None:
+    with open(path, "w") as fh:
+        for name, sequence in records:
+            fh.write(f">{name}\n{sequence}\n")
+
+
+def _progress(items, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="seq", disable=len(items) < 2, file=sys.stderr)
+
+
+# ---- score --------------------------------------------------------------------------------------
+
+def _register_score(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="log-likelihood and perplexity of each sequence in a FASTA/SMILES file",
+        description="Causal models: log p(sequence | start token); masked-LM models: the "
+                    "pseudo-log-likelihood (each token masked in turn). Writes CSV "
+                    "name,num_tokens,log_likelihood,perplexity.")
+    _add_model_dir(parser)
+    parser.add_argument("input", metavar="INPUT", help="FASTA (DNA, protein) or SMILES file")
+    parser.add_argument("--out", required=True, help="CSV file to write")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    parser.set_defaults(handler=_run_score)
+
+
+def _run_score(args) -> int:
+    model = _load(args)
+    records = read_sequences(args.input, model.modality)
+    with open(args.out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["name", "num_tokens", "log_likelihood", "perplexity"])
+        for start in _progress(range(0, len(records), args.batch_size), "scoring"):
+            batch = records[start: start + args.batch_size]
+            for (name, _), score in zip(batch, model.score([s for _, s in batch], args.batch_size)):
+                writer.writerow([name, score.num_tokens, f"{score.log_likelihood:.6f}", f"{score.perplexity:.6f}"])
+    print(f"scored {len(records)} sequences -> {args.out}")
+    return 0
+
+
+# ---- embed --------------------------------------------------------------------------------------
+
+def _register_embed(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed", help="mean-pooled (and optionally per-token) hidden states as NPY",
+        description="Final normed hidden states. Bidirectional models use both directions. "
+                    "Writes an (N, d_model) float32 NPY of mean-pooled vectors in input order "
+                    "and a names file next to it.")
+    _add_model_dir(parser)
+    parser.add_argument("input", metavar="INPUT", help="FASTA (DNA, protein) or SMILES file")
+    parser.add_argument("--out", required=True, help="NPY file for the pooled (N, d_model) matrix")
+    parser.add_argument("--per-token", default=None, metavar="NPZ",
+                        help="also write per-token states, one (L, d_model) array per sequence name")
+    parser.set_defaults(handler=_run_embed)
+
+
+def _run_embed(args) -> int:
+    import numpy as np
+
+    model = _load(args)
+    records = read_sequences(args.input, model.modality)
+    pooled, per_token = [], {}
+    for name, sequence in _progress(records, "embedding"):
+        embedding = model.embed([sequence])[0]
+        pooled.append(embedding.pooled.numpy())
+        if args.per_token:
+            per_token[name] = embedding.per_token.numpy()
+    np.save(args.out, np.stack(pooled).astype(np.float32))
+    Path(args.out).with_suffix(".names.txt").write_text("".join(f"{name}\n" for name, _ in records))
+    if args.per_token:
+        np.savez(args.per_token, **per_token)
+    print(f"embedded {len(records)} sequences -> {args.out}")
+    return 0
+
+
+# ---- generate -----------------------------------------------------------------------------------
+
+def _register_generate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="sample sequences in recurrent step mode (constant memory)",
+        description="Protein: --context homologs.fasta generates new members of that family. "
+                    "Molecules: --context domain.smi generates molecules of that domain and "
+                    "prints RDKit validity, uniqueness and novelty. Without --context: continue "
+                    "--prompt (any modality).")
+    _add_model_dir(parser)
+    parser.add_argument("--out", required=True, help="FASTA (DNA, protein) or SMILES/CSV (molecules) to write")
+    parser.add_argument("--context", default=None,
+                        help="conditioning set: FASTA of homologs (protein) or SMILES of one domain")
+    parser.add_argument("--prompt", default="", help="sequence start to continue (no --context)")
+    parser.add_argument("--num", type=int, default=1, help="how many sequences to generate (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="length limit per sequence (default 256)")
+    _add_sampling(parser)
+    parser.set_defaults(handler=_run_generate)
+
+
+def _run_generate(args) -> int:
+    model = _load(args)
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    context = [s for _, s in read_sequences(args.context, model.modality)] if args.context else None
+    if context is not None and model.modality == "molecules":
+        result = model.generate_molecules(context, args.num, args.max_new_tokens, seed=args.seed, **settings)
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["smiles", "valid", "canonical"])
+            for smiles, canonical in zip(result.smiles, result.canonical):
+                writer.writerow([smiles, int(canonical is not None), canonical or ""])
+        print(f"validity {result.validity:.3f}  uniqueness {result.uniqueness:.3f}  "
+              f"novelty {result.novelty:.3f}  ({len(result.smiles)} molecules -> {args.out})")
+        return 0
+    if context is not None and model.modality == "protein":
+        sequences = model.generate_protein(context, args.num, args.max_new_tokens, seed=args.seed, **settings)
+    elif context is not None:
+        from modeling.inference import InferenceError
+
+        raise InferenceError("--context applies to protein and molecule models; use --prompt for DNA")
+    else:
+        sequences = [model.generate(args.prompt, args.max_new_tokens, seed=args.seed + n, **settings).text
+                     for n in _progress(range(args.num), "generating")]
+    _write_fasta(args.out, [(f"generated_{n}", s) for n, s in enumerate(sequences)])
+    print(f"generated {len(sequences)} sequences -> {args.out}")
+    return 0
+
+
+# ---- infill -------------------------------------------------------------------------------------
+
+def _register_infill(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "infill", help="fill masked spans of proteins (FIM), conditioned on homologs",
+        description="Each record of MASKED marks the spans to fill with runs of '?' (their "
+                    "length sets the positions of what follows, as in training), at most 5 "
+                    "spans. Writes FASTA of the filled sequences.")
+    _add_model_dir(parser)
+    parser.add_argument("masked", metavar="MASKED", help="FASTA of sequences with '?' spans")
+    parser.add_argument("--context", default=None, help="FASTA of homologs to condition on")
+    parser.add_argument("--out", required=True, help="FASTA file to write")
+    parser.add_argument("--max-span-tokens", type=int, default=64, help="length limit per span (default 64)")
+    _add_sampling(parser)
+    parser.set_defaults(handler=_run_infill)
+
+
+def _run_infill(args) -> int:
+    from data_pipeline.readers import read_fasta
+
+    model = _load(args)
+    context = [s for _, s in read_sequences(args.context, "protein")] if args.context else []
+    masked = [(record.name, record.sequence) for record in read_fasta(args.masked)]
+    filled = []
+    for name, sequence in _progress(masked, "infilling"):
+        result = model.infill(context, sequence, args.max_span_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        filled.append((name, result.sequence))
+    _write_fasta(args.out, filled)
+    print(f"filled {len(filled)} sequences -> {args.out}")
+    return 0
