@@ -6,15 +6,16 @@ pipeline parallel are 1 today; every size below is read from parallel_state, nev
 world_size / CP, so that growing them later changes nothing here.
 
 Gradient scaling with context parallelism (the trainer must do this). DeepSpeed, given this
-mpu, reduces gradients over the data x context group (DP*CP ranks) with a SUM and then divides
-by the data-parallel size only (ZeRO: `dp_world_size / sequence_parallel_size`). The gradient
-of the mean loss over the whole global batch is therefore obtained when each rank backpropagates
+mpu, reduces gradients over the data x context group (DP*CP ranks) with a SUM and divides by a
+`gradient divisor`: the data-parallel size for ZeRO 0/1/2, but DP*CP for ZeRO-3's reduce-scatter
+path (DeepSpeed 0.19.8, stage3.py `__avg_scatter_grads`; measured by the DP x CP tests). The
+gradient of the mean loss over the whole global batch is obtained when each rank backpropagates
 
-    loss_rank = (sum of token losses on this rank) * dp_size / (token count of the global batch)
+    loss_rank = (sum of token losses on this rank) * divisor / (token count of the global batch)
 
-i.e. the local loss sum divided by the tokens one data-parallel replica sees across its CP group;
-`deepspeed_loss_scale` computes that factor. Averaging per rank (local mean) would weight ranks
-with few loss tokens too much and, with CP > 1, be CP times too large.
+which `ParallelContext.loss_scale(global_token_count, ds_config)` gives (the count comes from
+`ParallelContext.global_token_count`). A per-rank mean would weight ranks with few loss tokens
+too much and, with CP > 1, be off by a factor CP.
 
 Each CP rank holds one contiguous slice of the sequence (`split_sequence_for_cp`), not
 Megatron's load-balanced 2 x CP layout, because recurrent state passing needs slices in order.
@@ -141,6 +142,27 @@ class ParallelContext:
         """This rank's contiguous slice of a full-length sequence tensor."""
         return split_sequence_for_cp(tensor, self.cp_rank, self.cp_size, dim=dim)
 
+    def prepare_model_for_deepspeed(self, model: torch.nn.Module, ds_config: dict) -> torch.nn.Module:
+        """Call before `deepspeed.initialize(model, config=ds_config, mpu=self.mpu)`.
+
+        For ZeRO-3 this partitions the parameters over the DP x CP group. DeepSpeed 0.19 left
+        alone converts a model built outside `zero.Init` over `mpu.get_data_parallel_group()`
+        (DP only), and then never reduces gradients over the CP ranks: each CP rank would step
+        on its own slice's gradient (caught by tests/context_parallel/test_deepspeed_dp_cp.py).
+        Other stages need nothing; the model is returned unchanged.
+        """
+        if int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3:
+            import deepspeed
+
+            deepspeed.zero.Init(module=model, data_parallel_group=self.dp_cp_group,
+                                config_dict_or_path=ds_config, mpu=self.mpu)
+        return model
+
+    def loss_scale(self, global_token_count: int, ds_config: dict) -> float:
+        """Multiply this rank's summed token loss by this before `engine.backward` (module doc)."""
+        divisor = deepspeed_gradient_divisor(ds_config, self.dp_size, self.cp_size)
+        return deepspeed_loss_scale(global_token_count, divisor)
+
     def global_token_count(self, local_count) -> int:
         """Sum of a per-rank token count over every data and context parallel rank."""
         total = torch.as_tensor(local_count, dtype=torch.float64).reshape(1)
@@ -150,17 +172,34 @@ class ParallelContext:
         return int(total.item())
 
 
-def deepspeed_loss_scale(global_token_count: int, dp_size: int) -> float:
-    """Factor for a rank's summed token loss so DeepSpeed's step equals the global-mean gradient.
+def deepspeed_gradient_divisor(ds_config: dict, dp_size: int, cp_size: int) -> int:
+    """What DeepSpeed 0.19 divides the DP x CP gradient sum by, for this DeepSpeed config.
 
-    See the module docstring: DeepSpeed sums gradients over DP x CP and divides by DP only.
+    ZeRO 0/1/2 divide by `world / sequence_parallel_size` = DP. ZeRO-3 with reduce-scatter
+    (its default) pre-divides by the whole partition group, DP*CP; ZeRO-3 without it picks per
+    bucket (contiguous buckets under reduce_bucket_size divide by DP, the others by DP*CP), so
+    that combination is refused under CP.
     """
+    zero = ds_config.get("zero_optimization") or {}
+    if int(zero.get("stage", 0)) != 3 or cp_size == 1:
+        return dp_size
+    if zero.get("reduce_scatter", True) or not zero.get("contiguous_gradients", True):
+        return dp_size * cp_size
+    raise ParallelConfigError(
+        "ZeRO-3 with zero_optimization.reduce_scatter=false averages gradients inconsistently "
+        "across buckets under context parallelism (DeepSpeed 0.19); keep reduce_scatter=true "
+        "or use context_parallel_size=1"
+    )
+
+
+def deepspeed_loss_scale(global_token_count: int, gradient_divisor: int) -> float:
+    """Factor for a rank's summed token loss so DeepSpeed's step equals the global-mean gradient."""
     if global_token_count <= 0:
         raise ParallelConfigError(
             "the global batch has no loss tokens (every label is -100); check the data's loss "
             "mask or the formatter settings"
         )
-    return float(dp_size) / float(global_token_count)
+    return float(gradient_divisor) / float(global_token_count)
 
 
 def split_sequence_for_cp(tensor: torch.Tensor, cp_rank: int, cp_size: int, dim: int = 1) -> torch.Tensor:

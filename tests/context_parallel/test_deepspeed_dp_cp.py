@@ -1,17 +1,15 @@
-"""DP = 2 x CP = 2 on 4 real gloo processes: one DeepSpeed ZeRO-2 step equals one single-process
+"""DP = 2 x CP = 2 on 4 real gloo processes: one DeepSpeed step (ZeRO 0, 1, 2 and 3) equals one single-process
 step on the whole batch.
 
 Each rank builds the same model (same seed), takes its data-parallel share of the batch and its
 context-parallel slice of every sequence (`split_sequence_for_cp`), scales its summed token loss
-with `deepspeed_loss_scale` and steps a real DeepSpeed engine given `initialize_parallel(2).mpu`.
+with `ParallelContext.loss_scale` and steps a real DeepSpeed engine given `initialize_parallel(2).mpu`.
 The reference is plain torch in the same process on the whole batch with the global token mean.
 The optimizer is SGD without momentum so the parameter change is proportional to the gradient:
 a wrong loss scale or a missing CP gradient term changes it (Adam's first step would hide
 scale errors). Some labels are -100, unevenly per rank, so a per-rank mean would be wrong.
 Tolerance: parameter updates relative 1e-5 (fp32).
 """
-
-import copy
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from spawn_ranks import run_ranks
 
 VOCAB, D_MODEL, HEADS, SEQ_LEN, GLOBAL_BATCH, LR = 11, 16, 2, 32, 4, 0.5
 DP_SIZE, CP_SIZE = 2, 2
+ZERO_STAGES = (0, 1, 2, 3)
 RTOL = 1e-5
 
 
@@ -68,7 +67,7 @@ def _summed_token_loss(logits, labels):
 def dp_cp_step(rank, world_size):
     import deepspeed
 
-    from pretrain.parallel import ParallelConfigError, deepspeed_loss_scale, initialize_parallel
+    from pretrain.parallel import ParallelConfigError, initialize_parallel
 
     try:
         initialize_parallel(3)
@@ -85,9 +84,8 @@ def dp_cp_step(rank, world_size):
     }
 
     torch.manual_seed(0)
-    model = TinyCPLanguageModel()
-    reference = copy.deepcopy(model)
-    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    reference = TinyCPLanguageModel()
+    start = {name: p.detach().clone() for name, p in reference.named_parameters()}
     input_ids, labels = _batch()
 
     # single process, whole batch, global token mean
@@ -95,32 +93,39 @@ def dp_cp_step(rank, world_size):
     (_summed_token_loss(reference(input_ids), labels) / (labels != -100).sum()).backward()
     ref_grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in reference.parameters())).item()
     ref_opt.step()
+    ref_params = dict(reference.named_parameters())
 
-    # DeepSpeed ZeRO-2 over the DP x CP grid
+    # DeepSpeed over the DP x CP grid: this rank's rows (DP) and slice of every sequence (CP)
     micro = GLOBAL_BATCH // ctx.dp_size
     rows = slice(ctx.dp_rank * micro, (ctx.dp_rank + 1) * micro)
     local_ids, local_labels = (ctx.split_sequence(t[rows]) for t in (input_ids, labels))
-    config = {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": 2},
-        "zero_allow_untested_optimizer": True,
-        "gradient_clipping": 0.0,          # clipping would hide a wrong loss scale; the norm is compared
-        "steps_per_print": 10**6,
-    }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
-                                      config=config, mpu=mpu)
-    scale = deepspeed_loss_scale(ctx.global_token_count((local_labels != -100).sum()), ctx.dp_size)
-    loss = _summed_token_loss(engine(local_ids, cp_group=ctx.cp_group), local_labels) * scale
-    engine.backward(loss)
-    engine.step()
-
-    ref_params = dict(reference.named_parameters())
-    errors = {}
-    for name, param in engine.module.named_parameters():
-        expected = ref_params[name].detach() - start[name]
-        errors[name] = ((param.detach() - start[name]) - expected).abs().max().item() / expected.abs().max().item()
-    return {"errors": errors, "grad_norm": (float(engine.get_global_grad_norm()), ref_grad_norm), "groups": groups, "bad_size_error": bad_size_error}
+    global_tokens = ctx.global_token_count((local_labels != -100).sum())
+    errors, grad_norms = {}, {}
+    for stage in ZERO_STAGES:
+        model = TinyCPLanguageModel()
+        model.load_state_dict(start)
+        config = {
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+            "gradient_clipping": 0.0,      # clipping would hide a wrong loss scale; the norm is compared
+            "steps_per_print": 10**6,
+        }
+        ctx.prepare_model_for_deepspeed(model, config)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+                                          config=config, mpu=mpu)
+        scale = ctx.loss_scale(global_tokens, config)
+        loss = _summed_token_loss(engine(local_ids, cp_group=ctx.cp_group), local_labels) * scale
+        engine.backward(loss)
+        engine.step()
+        grad_norms[stage] = (engine.get_global_grad_norm(), ref_grad_norm)   # None: stage 0 without clipping
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
+            for name, param in engine.module.named_parameters():
+                expected = ref_params[name].detach() - start[name]
+                actual = param.detach() - start[name]
+                errors[(stage, name)] = ((actual - expected).abs().max() / expected.abs().max()).item()
+    return {"errors": errors, "grad_norm": grad_norms, "groups": groups, "bad_size_error": bad_size_error}
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +133,19 @@ def per_rank():
     return run_ranks(dp_cp_step, DP_SIZE * CP_SIZE)
 
 
-def test_dp2_cp2_zero2_step_matches_single_process(per_rank):
+@pytest.mark.parametrize("stage", ZERO_STAGES)
+def test_dp2_cp2_zero_step_matches_single_process(per_rank, stage):
     for rank, result in enumerate(per_rank):
-        for name, error in result["errors"].items():
-            assert error <= RTOL, f"rank {rank} parameter {name}: update differs, relative {error:.2e}"
+        for (zero_stage, name), error in result["errors"].items():
+            if zero_stage == stage:
+                assert error <= RTOL, f"ZeRO-{stage} rank {rank} parameter {name}: update differs, relative {error:.2e}"
 
 
-def test_global_grad_norm_counts_each_gradient_once(per_rank):
+@pytest.mark.parametrize("stage", [s for s in ZERO_STAGES if s > 0])
+def test_global_grad_norm_counts_each_gradient_once(per_rank, stage):
     for rank, result in enumerate(per_rank):
-        engine_norm, reference_norm = result["grad_norm"]
+        engine_norm, reference_norm = result["grad_norm"][stage]
+        engine_norm = float(engine_norm)
         assert abs(engine_norm - reference_norm) <= RTOL * reference_norm, f"rank {rank}: {engine_norm} vs {reference_norm}"
 
 

@@ -5,6 +5,7 @@ import torch
 
 from pretrain.parallel import (
     ParallelConfigError,
+    deepspeed_gradient_divisor,
     deepspeed_loss_scale,
     initialize_parallel,
     split_sequence_for_cp,
@@ -41,7 +42,21 @@ def test_context_parallel_size_must_be_a_positive_int(bad):
         initialize_parallel(bad)
 
 
-def test_loss_scale_is_dp_size_over_global_tokens():
-    assert deepspeed_loss_scale(global_token_count=400, dp_size=2) == pytest.approx(2 / 400)
+def test_loss_scale_is_gradient_divisor_over_global_tokens():
+    assert deepspeed_loss_scale(global_token_count=400, gradient_divisor=2) == pytest.approx(2 / 400)
     with pytest.raises(ParallelConfigError, match="no loss tokens"):
         deepspeed_loss_scale(0, 2)
+
+
+@pytest.mark.parametrize("zero, divisor", [
+    ({}, 2), ({"stage": 1}, 2), ({"stage": 2}, 2), ({"stage": 3}, 8),
+    ({"stage": 3, "reduce_scatter": True}, 8), ({"stage": 3, "contiguous_gradients": False, "reduce_scatter": False}, 8),
+])
+def test_gradient_divisor_follows_deepspeed_zero_stage(zero, divisor):
+    assert deepspeed_gradient_divisor({"zero_optimization": zero}, dp_size=2, cp_size=4) == divisor
+    assert deepspeed_gradient_divisor({"zero_optimization": zero}, dp_size=2, cp_size=1) == 2
+
+
+def test_zero3_without_reduce_scatter_is_refused_under_cp():
+    with pytest.raises(ParallelConfigError, match="reduce_scatter=false"):
+        deepspeed_gradient_divisor({"zero_optimization": {"stage": 3, "reduce_scatter": False}}, 2, 2)
