@@ -1,9 +1,10 @@
-"""DP = 2 x CP = 2 on 4 real gloo processes: one DeepSpeed step (ZeRO 0, 1, 2 and 3) equals one single-process
-step on the whole batch.
+"""DP = 2 x CP = 2 on 4 real gloo processes: one DeepSpeed step (ZeRO 0, 1, 2 and 3) equals one
+single-process step on the whole batch.
 
 Each rank builds the same model (same seed), takes its data-parallel share of the batch and its
 context-parallel slice of every sequence (`split_sequence_for_cp`), scales its summed token loss
-with `ParallelContext.loss_scale` and steps a real DeepSpeed engine given `initialize_parallel(2).mpu`.
+with `ParallelContext.loss_scale` and steps a real DeepSpeed engine given
+`initialize_parallel(2).mpu` (ZeRO-3: after `ParallelContext.prepare_model_for_deepspeed`).
 The reference is plain torch in the same process on the whole batch with the global token mean.
 The optimizer is SGD without momentum so the parameter change is proportional to the gradient:
 a wrong loss scale or a missing CP gradient term changes it (Adam's first step would hide
