@@ -4,7 +4,8 @@ A backend is a function `fn(q, k, v, i, f, initial_state=None, return_final_stat
 chunk_size=64)` with the semantics of docs/INTERFACES.md. Built in: "reference" (float64-capable
 parallel form), "torch" (pure torch chunkwise), "triton" (Triton kernels, imported lazily on
 first use so that a missing or broken Triton only matters when that backend is chosen).
-"auto" is not a backend but a choice made per call: "triton" on CUDA tensors, "torch" otherwise.
+"auto" is not a backend but a choice made per call: "triton" on CUDA tensors, "torch" otherwise
+(no silent fallback: on CUDA without working Triton kernels, "auto" fails with the reason).
 """
 
 from typing import Callable, Dict, List
@@ -12,16 +13,22 @@ from typing import Callable, Dict, List
 import torch
 
 from kernels.errors import BackendUnavailableError, UnknownBackendError
+from kernels.mlstm.padding import with_exact_padding
 
 _BACKENDS: Dict[str, Callable] = {}
 AUTO = "auto"
 
 
-def register_mlstm_backend(name: str, fn: Callable) -> None:
-    """Register (or replace) the backend `name`."""
+def register_mlstm_backend(name: str, fn: Callable, *, any_length: bool = True) -> None:
+    """Register (or replace) the backend `name`.
+
+    `any_length=False` declares that `fn` needs S to be a multiple of chunk_size; it is then
+    wrapped with exact padding (kernels/mlstm/padding.py), so every registered backend takes
+    any S.
+    """
     if not isinstance(name, str) or not name or name == AUTO:
         raise ValueError(f"backend name must be a non-empty string other than {AUTO!r}, got {name!r}")
-    _BACKENDS[name] = fn
+    _BACKENDS[name] = fn if any_length else with_exact_padding(fn)
 
 
 def list_mlstm_backends() -> List[str]:
@@ -86,4 +93,4 @@ def _triton_backend(q, k, v, i, f, initial_state=None, return_final_state=False,
 
 register_mlstm_backend("reference", _reference_backend)
 register_mlstm_backend("torch", _torch_backend)
-register_mlstm_backend("triton", _triton_backend)
+register_mlstm_backend("triton", _triton_backend, any_length=False)

@@ -6,7 +6,8 @@ Python loop, and each step of it is the summary combine of kernels/mlstm/segment
 is a short segment). Inputs of any float dtype are computed in fp32 (float64 stays float64).
 
 A sequence length that is not a multiple of the chunk size is padded with positions that
-leave the state exactly unchanged: i~ = -inf (nothing written) and log f = 0 (no decay).
+leave the state exactly unchanged: i~ = -inf (nothing written) and log f = 0 (no decay); see
+kernels/mlstm/padding.py.
 """
 
 import math
@@ -14,17 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernels.mlstm.padding import NO_WRITE, pad_time
 from kernels.mlstm.reference import DEFAULT_EPS
 from kernels.mlstm.segments import SegmentSummary, apply_summary, exp_from, fresh_state
-
-
-def _pad_time(x: torch.Tensor, pad: int, value: float) -> torch.Tensor:
-    """Pad the time axis (dim 2) of (B, H, S, ...) on the right."""
-    if pad == 0:
-        return x
-    shape = list(x.shape)
-    shape[2] = pad
-    return torch.cat([x, x.new_full(shape, value)], dim=2)
 
 
 def mlstm_chunkwise_torch(
@@ -42,9 +35,9 @@ def mlstm_chunkwise_torch(
     L = chunk_size
     num_chunks = max(1, -(-S // L))
     pad = num_chunks * L - S
-    q, k, v = (_pad_time(x, pad, 0.0) for x in (q, k, v))
-    i = _pad_time(i, pad, float("-inf"))
-    log_f = _pad_time(log_f, pad, 0.0)
+    q, k, v = (pad_time(x, pad, 0.0) for x in (q, k, v))
+    i = pad_time(i, pad, NO_WRITE)
+    log_f = pad_time(log_f, pad, 0.0)          # no decay (kernels/mlstm/padding.py)
 
     # (B, H, NC, L, ...): every chunk handled at once
     q, k, v = (x.reshape(B, H, num_chunks, L, x.shape[-1]) for x in (q, k, v))

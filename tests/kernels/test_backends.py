@@ -11,7 +11,7 @@ import kernels
 from kernels.errors import BackendUnavailableError, KernelInputError, UnknownBackendError
 from kernels.mlstm.backends import get_mlstm_backend, register_mlstm_backend, resolve_mlstm_backend
 from kernels.mlstm.reference import mlstm_parallel_reference
-from mlstm_cases import make_inputs
+from mlstm_cases import assert_close, make_inputs, outputs_and_grads
 
 
 def qkvif(B=2, H=3, S=12, Dqk=8, Dv=4, **kw):
@@ -146,10 +146,33 @@ def test_triton_backend_through_the_registry_matches_the_reference():
     """Integration of helper A2's kernels with the registry and with segments (Triton runs in
     its CPU interpreter here); skipped until kernels.mlstm.autograd exists."""
     pytest.importorskip("kernels.mlstm.autograd")
-    from mlstm_cases import assert_close, outputs_and_grads
 
-    inputs = make_inputs(1, 2, 32, 16, 16, dtype=torch.float32, gates="moderate", with_state=True)
+    # S = 36: padded to 48 whole, or to 2 x 32 as two segments of 18
+    inputs = make_inputs(1, 2, 36, 16, 16, dtype=torch.float32, gates="moderate", with_state=True)
     ref = outputs_and_grads(mlstm_parallel_reference, inputs, dtype=torch.float64)
     for segments in (1, 2):
         got = outputs_and_grads(kernels.mlstm_chunkwise, inputs, backend="triton", chunk_size=16, segments=segments)
         assert_close(got, ref, tol=1e-5)
+
+
+def test_backend_that_needs_whole_chunks_gets_exact_padding(monkeypatch):
+    """A backend registered with any_length=False only ever sees whole chunks, and the padding
+    leaves h, the final state (m near -60, below the peers' pad value -25) and all gradients
+    exact; also when segments split the sequence into partial chunks."""
+    seen_lengths = []
+
+    def whole_chunks_only(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+        assert q.shape[2] % chunk_size == 0
+        seen_lengths.append(q.shape[2])
+        return mlstm_parallel_reference(q, k, v, i, f, initial_state, return_final_state)
+
+    monkeypatch.setattr("kernels.mlstm.backends._BACKENDS", dict(kernels.mlstm.backends._BACKENDS))
+    register_mlstm_backend("whole_chunks", whole_chunks_only, any_length=False)
+    inputs = make_inputs(2, 2, 38, 8, 6, dtype=torch.float64, gates="moderate", with_state=True)
+    inputs["i"] = inputs["i"] - 62.0
+    inputs["m0"] = inputs["m0"] - 60.0
+    ref = outputs_and_grads(mlstm_parallel_reference, inputs)
+    for segments in (1, 2):
+        got = outputs_and_grads(kernels.mlstm_chunkwise, inputs, backend="whole_chunks", chunk_size=16, segments=segments)
+        assert_close(got, ref, tol=1e-10)
+    assert seen_lengths == [48, 32]
