@@ -115,7 +115,7 @@ class ShardReader:
         if expected_samples is not None and len(self.locations) < expected_samples:
             self.missing_samples = expected_samples - len(self.locations)
             if on_corrupt == "error" and self.index_error is None:
-                self._fail(None, f"has {len(self.locations)} samples, manifest says {expected_samples}")
+                self._fail(None, f"truncated: has {len(self.locations)} samples, manifest says {expected_samples}")
 
     def _fail(self, member: str | None, problem: str):
         where = f"{self.path}" + (f" member {member}" if member else "")

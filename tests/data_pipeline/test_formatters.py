@@ -148,7 +148,7 @@ def test_molecule_domain_concatenation_shuffled_each_epoch(demo_builds):
             molecules = body.split(".")
             assert len(set(molecules)) == len(molecules) and set(molecules) <= set(domain)
             missing = set(domain) - set(molecules)
-            # whole molecules only: one that was left out would not have fitted with its '.'
+            # whole molecules in shuffled order, until the next one (with its '.') does not fit
             assert not missing or any(len(stream) + 1 + len(tok.encode(m)) > 257 for m in missing)
             texts.append(body)
         assert len(rows) == 2
