@@ -22,11 +22,15 @@ class ChunkSizeError(ValueError):
     user_facing = True
 
 
-def _check_chunking(S: int, chunk_size: int) -> None:
+def _check_chunking(S: int, chunk_size: int, on_gpu: bool) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 \
             or chunk_size & (chunk_size - 1):
         raise ChunkSizeError(
             f"chunk_size: the Triton mLSTM kernel needs a power of two (e.g. 64), got {chunk_size!r}")
+    if on_gpu and chunk_size < 16:
+        raise ChunkSizeError(
+            f"chunk_size: on the GPU the Triton mLSTM kernel needs at least 16 (tl.dot tiles), "
+            f"got {chunk_size}; use 64")
     if S % chunk_size != 0:
         raise ChunkSizeError(
             f"sequence length {S} is not a multiple of chunk_size {chunk_size}; pad the sequence "
@@ -86,7 +90,7 @@ def mlstm_chunkwise_triton(q, k, v, i, f, initial_state=None, return_final_state
     """
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
-    _check_chunking(S, chunk_size)
+    _check_chunking(S, chunk_size, on_gpu=q.is_cuda)
     if initial_state is None:
         C0 = torch.zeros(B, H, Dqk, Dv, dtype=torch.float32, device=q.device)
         n0 = torch.zeros(B, H, Dqk, dtype=torch.float32, device=q.device)

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 import kernels.mlstm.chunkwise_fw as chunkwise_fw
-from kernels.mlstm.autograd import ChunkSizeError, _chunk_cumulative_log_forget, mlstm_chunkwise_triton
+from kernels.mlstm.autograd import (
+    ChunkSizeError,
+    _check_chunking,
+    _chunk_cumulative_log_forget,
+    mlstm_chunkwise_triton,
+)
 from kernels.mlstm.chunkwise_fw import chunk_outputs_fw, chunk_states_fw
 from kernels.mlstm.reference import mlstm_recurrent_reference
 from tests.kernels.mlstm_cases import assert_close, case_id, make_inputs, outputs_and_grads
@@ -143,6 +148,13 @@ def test_bad_chunking_raises_one_clear_error(S, chunk_size):
     with pytest.raises(ChunkSizeError, match="chunk_size") as info:
         mlstm_chunkwise_triton(*(inputs[name] for name in "qkvif"), chunk_size=chunk_size)
     assert isinstance(info.value, ValueError) and info.value.user_facing is True
+
+
+def test_gpu_needs_chunks_of_at_least_16():
+    """tl.dot needs tiles of 16 on the GPU (the CPU interpreter accepts any size)."""
+    _check_chunking(64, 8, on_gpu=False)
+    with pytest.raises(ChunkSizeError, match="at least 16"):
+        _check_chunking(64, 8, on_gpu=True)
 
 
 def test_registered_as_triton_backend():
