@@ -68,6 +68,7 @@ class ShardLoader:
                               f"num_workers x micro_batch_size = {self.n_slots * micro_batch_size}; "
                               "lower one of them or build more data")
         self._readers: dict[int, ShardReader] = {}
+        self._slots_cache: tuple = (None, [])
         self.epoch = 0
         self.worker_batches = [0] * self.num_workers
         self.skipped_samples = 0
@@ -103,9 +104,14 @@ class ShardLoader:
         return order[:total] + [None] * (total - len(order))
 
     def worker_items(self, epoch: int, worker: int, rank: int | None = None) -> list[int | None]:
+        """Items of one (rank, worker) slot in one epoch; cached per epoch (one shuffle each)."""
         rank = self.dp_rank if rank is None else rank
-        slot = rank * self.num_workers + worker
-        return self.epoch_order(epoch)[slot::self.n_slots]
+        if self._slots_cache[0] != (epoch, rank):
+            order = self.epoch_order(epoch)
+            start = rank * self.num_workers
+            self._slots_cache = ((epoch, rank), [order[start + w::self.n_slots]
+                                                 for w in range(self.num_workers)])
+        return self._slots_cache[1][worker]
 
     # ------------------------------------------------------------------ reading
     def _reader(self, shard_index: int) -> ShardReader | None:
