@@ -30,7 +30,9 @@ class DataConfig:
     num_workers: int = 2             # logical sub-streams per data-parallel rank
     seed: int = 0                    # data order seed (added to the seed given to build_loader)
     on_corrupt: str = "error"        # "error" stops with the shard and member; "skip" counts it
-    verify_checksums: bool = True    # sha256 of each shard checked against the manifest on open
+    verify_checksums: bool = True    # sha256 of each shard checked against the manifest on first
+                                     # open (reads it whole once; zstd frame checksums are always
+                                     # checked per member, so very large builds may turn this off)
 
     def validate(self) -> "DataConfig":
         def bad(field: str, hint: str):

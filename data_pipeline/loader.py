@@ -12,11 +12,14 @@ are taken from them round-robin, as a torch DataLoader would.
 Every random choice of an item (window offset, RC, masks, member order, FIM) uses an RNG
 seeded from (seed, split, epoch, item), so the position (epoch, batches consumed per worker)
 is the whole state: `load_state_dict` seeks there and the rest of the stream is identical.
-Shards are read by random access (tar member offsets), never replayed.
+Shards are read by random access (tar member offsets), never replayed. This is why the
+webdataset pipeline classes (whose nodesplitter/workersplitter split whole shards and which
+keep no resume state) are not used for reading; the shards stay plain WebDataset tars.
 """
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,6 +75,7 @@ class ShardLoader:
         self.epoch = 0
         self.worker_batches = [0] * self.num_workers
         self.skipped_samples = 0
+        self.checksum_mismatches = 0
         self.last_batch_keys: list[str | None] = []
         self._complement = (self.tokenizer.complement_table() if cfg.modality == "dna" else None)
 
@@ -121,10 +125,14 @@ class ShardLoader:
             try:
                 if self.cfg.verify_checksums:
                     verify_shard(self.build_dir, shard)
-                reader = ShardReader(self.build_dir / shard["name"], self.cfg.on_corrupt, shard["samples"])
-            except ManifestError:
+            except ManifestError as err:
                 if self.cfg.on_corrupt == "error":
                     raise
+                # skip mode: keep reading; members that fail their zstd checksum are skipped
+                self.checksum_mismatches += 1
+                warnings.warn(str(err), stacklevel=2)
+            if (self.build_dir / shard["name"]).is_file() or self.cfg.on_corrupt == "error":
+                reader = ShardReader(self.build_dir / shard["name"], self.cfg.on_corrupt, shard["samples"])
             self._readers[shard_index] = reader
         return self._readers[shard_index]
 

@@ -104,8 +104,11 @@ def test_corrupt_zstd_member_names_shard_and_member_or_is_skipped_and_counted(sm
     path.write_bytes(bytes(data))
     with pytest.raises(ShardCorruptError, match=f"{path.name} member train-00000-000000.txt.zst"):
         _drain(small_build, verify_checksums=False)
-    loader = _drain(small_build, verify_checksums=False, on_corrupt="skip")
-    assert loader.skipped_samples >= 1
+    with pytest.warns(UserWarning, match="does not match"):
+        loader = _drain(small_build, on_corrupt="skip")
+    bad_items = [i for i in loader.worker_items(0, 0) if i is not None and loader.items[i][:2] == (0, 0)]
+    assert loader.skipped_samples == len(bad_items) > 0  # only the damaged sample, each time it is drawn
+    assert loader.checksum_mismatches == 1
     assert loader.state_dict()["skipped_samples"] == loader.skipped_samples
 
 
@@ -114,8 +117,12 @@ def test_truncated_shard_error_or_skip(small_build):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ShardCorruptError, match=f"{path.name}.*truncated"):
         _drain(small_build, verify_checksums=False)
-    loader = _drain(small_build, on_corrupt="skip")  # checksum fails too: the shard is skipped
-    assert loader.skipped_samples > 0
+    with pytest.warns(UserWarning, match="does not match"):
+        loader = _drain(small_build, on_corrupt="skip")
+    readable = len(loader._readers[0])
+    lost = [i for i in loader.worker_items(0, 0) if i is not None and loader.items[i][0] == 0
+            and loader.items[i][1] >= readable]
+    assert 0 < readable < shard["samples"] and loader.skipped_samples == len(lost) > 0
 
 
 def test_cli_prints_one_line_error(tmp_path, capsys):
