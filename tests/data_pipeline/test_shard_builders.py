@@ -169,3 +169,18 @@ def test_cli_builds_protein_shards(tmp_path, capsys):
     assert code == 0
     assert "train:" in capsys.readouterr().out
     assert read_manifest(out)["splits"]["train"]["groups"] + read_manifest(out)["splits"]["validation"]["groups"] == 40
+
+
+def test_dna_split_by_record_keeps_each_record_on_one_side(tmp_path):
+    rng = __import__("random").Random(9)
+    fasta = tmp_path / "records.fa"
+    fasta.write_text("".join(f">rec{i}\n" + "".join(rng.choice("ACGT") for _ in range(900)) + "\n"
+                             for i in range(12)))
+    build_dna([str(fasta)], str(tmp_path / "out"), window_len=200, split_by="record",
+              val_fraction=0.25, progress=False)
+    sides = {}
+    for split in ("train", "validation"):
+        for meta in _samples_meta(tmp_path / "out", split):
+            sides.setdefault(meta["group"], set()).add(split)
+    assert len(sides) == 12 and all(len(s) == 1 for s in sides.values())
+    assert sum(s == {"validation"} for s in sides.values()) == 3
