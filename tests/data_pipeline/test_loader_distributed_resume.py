@@ -118,3 +118,11 @@ def test_unigram_baseline_is_a_cross_entropy(demo_builds):
     loss = unigram_cross_entropy(cfg, 128)
     # four near-uniform bases: just under ln 4, and never below the entropy of a 4-letter source
     assert 1.30 < loss < 1.3863 + 0.01
+
+
+def test_each_epoch_reshuffles_the_same_items(demo_builds):
+    cfg = DataConfig(modality="protein", shards=str(demo_builds["protein"]), num_workers=2)
+    loader = build_loader(cfg, "train", 64, 4, dp_rank=0, dp_size=2)
+    epoch0, epoch1 = loader.epoch_order(0), loader.epoch_order(1)
+    assert epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1) == list(range(len(loader.items)))
+    assert loader.epoch_order(1) == epoch1  # reproducible from (seed, epoch) alone
