@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, write_build
 from data_pipeline.errors import ConfigError
 from data_pipeline.readers import read_fasta
 from data_pipeline.tokenizers import DNATokenizer
@@ -70,6 +70,7 @@ def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_l
               min_n_run: int = 100, split_by: str = "window", unknown: str = "error",
               val_fraction: float = 0.05, seed: int = 0, shard_mb: float = 64.0,
               progress: bool = True) -> dict:
+    refuse_finished_build(out)
     samples, stats = dna_samples(inputs, window_len, min_window_len, min_n_run, split_by,
                                  unknown, progress)
     args = {"inputs": [str(p) for p in inputs], "window_len": window_len,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, write_build
 from data_pipeline.errors import InputFormatError
 from data_pipeline.readers import open_text
 from data_pipeline.tokenizers import SmilesTokenizer
@@ -94,6 +94,7 @@ def _has_domain_column(path: str) -> bool:
 def build_molecules(inputs: list[str], out: str, min_domain_size: int = 2,
                     max_molecules: int | None = None, val_fraction: float = 0.1, seed: int = 0,
                     shard_mb: float = 64.0, progress: bool = True) -> dict:
+    refuse_finished_build(out)
     samples, stats = molecule_samples(inputs, min_domain_size, max_molecules, progress)
     tokenizer = SmilesTokenizer.from_corpus(s for sample in samples for s in sample.sequences)
     for sample in samples:

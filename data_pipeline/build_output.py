@@ -77,12 +77,18 @@ def _raw_bytes(sample: Sample) -> int:
     return sum(len(s) + 1 for s in sample.sequences)
 
 
-def prepare_out_dir(out_dir: str | Path) -> Path:
-    """Refuse to touch a finished build; clear only our own leftovers of an interrupted one."""
+def refuse_finished_build(out_dir: str | Path) -> None:
+    """Builders call this before reading any input, so the refusal comes at once."""
     out = Path(out_dir)
     if (out / MANIFEST_NAME).exists():
         raise OutputExistsError(f"{out / MANIFEST_NAME} exists: {out} holds a finished build; "
                                 "choose another --out or delete it yourself")
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Refuse to touch a finished build; clear only our own leftovers of an interrupted one."""
+    out = Path(out_dir)
+    refuse_finished_build(out)
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob(".*.partial"):
         leftover.unlink()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, write_build
 from data_pipeline.errors import InputFormatError
 from data_pipeline.readers import accession_keys, open_text, read_family_file, read_fasta
 from data_pipeline.tokenizers import ProteinTokenizer
@@ -99,6 +99,7 @@ def family_samples(paths: list[str], unknown: str = "error", min_members: int = 
 def build_protein(inputs: list[str], out: str, clusters: str | None = None, unknown: str = "error",
                   min_members: int = 1, max_clusters: int | None = None, val_fraction: float = 0.05,
                   seed: int = 0, shard_mb: float = 64.0, progress: bool = True) -> dict:
+    refuse_finished_build(out)
     if clusters:
         samples, stats = cluster_samples(inputs, clusters, unknown, min_members, max_clusters, progress)
     else:
