@@ -157,6 +157,25 @@ def test_gpu_needs_chunks_of_at_least_16():
         _check_chunking(64, 8, on_gpu=True)
 
 
+def test_non_contiguous_inputs_give_the_same_result():
+    """Models hand over q, k, v as (B, S, H, D).transpose(1, 2) views."""
+    inputs = make_inputs(1, 2, 32, 16, 24)
+    expected = mlstm_chunkwise_triton(*(inputs[name] for name in "qkvif"), chunk_size=16)
+    views = {name: inputs[name].transpose(1, 2).contiguous().transpose(1, 2) for name in "qkv"}
+    views.update({name: inputs[name].transpose(1, 2).contiguous().transpose(1, 2) for name in "if"})
+    assert not views["q"].is_contiguous() and not views["i"].is_contiguous()
+    got = mlstm_chunkwise_triton(*(views[name] for name in "qkvif"), chunk_size=16)
+    assert torch.equal(got, expected)
+
+
+def test_torch_compile_does_not_trace_into_the_kernel():
+    inputs = make_inputs(1, 1, 32, 16, 16)
+    compiled = torch.compile(lambda *args: 2.0 * mlstm_chunkwise_triton(*args, chunk_size=16), backend="eager")
+    got = compiled(*(inputs[name] for name in "qkvif"))
+    expected = 2.0 * mlstm_chunkwise_triton(*(inputs[name] for name in "qkvif"), chunk_size=16)
+    assert torch.equal(got, expected)
+
+
 def test_registered_as_triton_backend():
     from kernels import mlstm_chunkwise
 
@@ -164,3 +183,47 @@ def test_registered_as_triton_backend():
     got = outputs_and_grads(lambda *a, **kw: mlstm_chunkwise(*a, backend="triton", segments=1, **kw),
                             inputs, chunk_size=16)
     assert_close(got, _reference(inputs), FP32_TOL)
+
+
+# Compiles every kernel for an H100 (sm_90) down to a cubin with Triton's bundled ptxas. The
+# interpreter accepts programs a GPU compile rejects (tl.dot shapes, loop-carried types), so this
+# catches GPU-only breakage without a GPU. Runs in a child process: under TRITON_INTERPRET=1 the
+# kernels are interpreter objects and cannot be compiled.
+_COMPILE_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import kernels.mlstm.chunkwise_bw as bw
+import kernels.mlstm.chunkwise_fw as fw
+
+constexprs = dict(L=64, BK=64, BV=64, PRECISION="tf32")
+for fn in (fw._chunk_states_kernel, fw._chunk_outputs_kernel, bw._chunk_state_grads_kernel,
+           bw._chunk_dqk_kernel, bw._chunk_dv_kernel):
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in ("q_ptr", "k_ptr", "v_ptr", "h_ptr") else "*fp32"
+        else:
+            signature[name] = "fp32" if name in ("scale", "eps") else "i32"
+    compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm.get("cubin"), fn.__name__
+    print(fn.__name__, "shared", compiled.metadata.shared)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_kernels_compile_for_hopper_gpu():
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("shared") == 5, result.stdout
