@@ -70,11 +70,12 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         i32 = i.to(torch.float32).contiguous()
         b = _chunk_cumulative_log_forget(f, L)
         states = chunk_states_fw(k, v, i32, b, (C0, n0, m0), L)
-        dnum, dden = output_cotangents(dh, h, den, m_row, EPS)
-        dC, dn = chunk_state_grads(q, b, m_row, dnum, dden, states[2], dC_final, dn_final, L)
-        dq, dk, dv = chunk_input_grads(q, k, v, i32, b, m_row, dnum, dden, states, (dC, dn), L)
-        di, df = gate_grads(q, k, f, dq, dk, (states[0][:, :, -1], states[1][:, :, -1]),
-                            (dC_final, dn_final))
+        dh = dh.contiguous()
+        normalizer, dden = output_cotangents(dh, h, den, m_row, EPS)
+        dC, dn = chunk_state_grads(q, b, m_row, dh, normalizer, dden, states[2], dC_final, dn_final, L)
+        dq, dk, dv, qdq, kdk = chunk_input_grads(q, k, v, i32, b, m_row, dh, normalizer, dden, states,
+                                                 (dC, dn), L)
+        di, df = gate_grads(f, qdq, kdk, (states[0][:, :, -1], states[1][:, :, -1]), (dC_final, dn_final))
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), di.to(i.dtype), df.to(f.dtype),
                 dC[:, :, 0], dn[:, :, 0], None, None)
 

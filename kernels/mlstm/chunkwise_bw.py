@@ -30,7 +30,7 @@ from kernels.mlstm.chunkwise_fw import dot_precision, head_dim_tile
 
 @triton.jit
 def _chunk_state_grads_kernel(
-    q_ptr, b_ptr, mrow_ptr, dnum_ptr, dden_ptr,
+    q_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr, dden_ptr,
     m_ptr, dC_final_ptr, dn_final_ptr,
     dC_ptr, dn_ptr,
     S, DQK, DV, NC,
@@ -70,8 +70,8 @@ def _chunk_state_grads_kernel(
         w = tl.exp(b + m_prev - m_row)
         q = tl.load(q_ptr + (seq_off + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :],
                     other=0.0).to(tl.float32)
-        dnum = tl.load(dnum_ptr + (seq_off + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :],
-                       other=0.0)
+        dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :],
+                       other=0.0).to(tl.float32) / tl.load(norm_ptr + seq_off + t)[:, None]
         dden = tl.load(dden_ptr + seq_off + t)
         qw = q * w[:, None]
         dC = decay * dC + tl.dot(tl.trans(qw), dnum, input_precision=PRECISION)
@@ -83,14 +83,15 @@ def _chunk_state_grads_kernel(
 
 @triton.jit
 def _chunk_dqk_kernel(
-    q_ptr, k_ptr, v_ptr, i_ptr, b_ptr, mrow_ptr, dnum_ptr, dden_ptr,
+    q_ptr, k_ptr, v_ptr, i_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr, dden_ptr,
     C_ptr, n_ptr, m_ptr, dC_ptr, dn_ptr,
-    dq_ptr, dk_ptr,
+    dq_ptr, dk_ptr, qdq_ptr, kdk_ptr,
     scale,
     S, DQK, DV, NC,
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program per (batch*head, chunk, Dqk tile): dq and dk of the chunk's rows."""
+    """One program per (batch*head, chunk, Dqk tile): dq and dk of the chunk's rows, and this
+    tile's share of the row sums q . dq and k . dk (for the gate gradients)."""
     bh = tl.program_id(0)
     c = tl.program_id(1)
     tile_k = tl.program_id(2)
@@ -102,6 +103,7 @@ def _chunk_dqk_kernel(
     prev_off = (bh.to(tl.int64) * (NC + 1) + c) * DQK
     next_off = prev_off + DQK
 
+    norm = tl.load(norm_ptr + seq_off + t)
     dA = tl.zeros((L, L), dtype=tl.float32)
     dq_state = tl.zeros((L, BK), dtype=tl.float32)
     dk_state = tl.zeros((L, BK), dtype=tl.float32)
@@ -111,8 +113,8 @@ def _chunk_dqk_kernel(
         mask_kv = mask_k[:, None] & mask_v[None, :]
         v = tl.load(v_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], mask=mask_v[None, :],
                     other=0.0).to(tl.float32)
-        dnum = tl.load(dnum_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :],
-                       mask=mask_v[None, :], other=0.0)
+        dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :],
+                       mask=mask_v[None, :], other=0.0).to(tl.float32) / norm[:, None]
         C_prev = tl.load(C_ptr + prev_off * DV + dk_idx[:, None] * DV + dv_idx[None, :],
                          mask=mask_kv, other=0.0)
         dC_next = tl.load(dC_ptr + next_off * DV + dk_idx[:, None] * DV + dv_idx[None, :],
@@ -143,13 +145,17 @@ def _chunk_dqk_kernel(
     dq = tl.dot(dAD, k, input_precision=PRECISION) + w[:, None] * (dq_state + dden[:, None] * n_prev[None, :])
     dk = tl.dot(tl.trans(dAD), q, input_precision=PRECISION) + e[:, None] * (dk_state + dn_next[None, :])
     out = (seq_off + t[:, None]) * DQK + dk_idx[None, :]
-    tl.store(dq_ptr + out, dq, mask=mask_k[None, :])
-    tl.store(dk_ptr + out, dk * scale, mask=mask_k[None, :])
+    tl.store(dq_ptr + out, dq.to(dq_ptr.dtype.element_ty), mask=mask_k[None, :])
+    tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=mask_k[None, :])
+    # k . dk is the same for the scaled k and its gradient as for the raw ones
+    part_off = tile_k.to(tl.int64) * tl.num_programs(0) * S + seq_off + t
+    tl.store(qdq_ptr + part_off, tl.sum(q * dq, axis=1))
+    tl.store(kdk_ptr + part_off, tl.sum(k * dk, axis=1))
 
 
 @triton.jit
 def _chunk_dv_kernel(
-    q_ptr, k_ptr, i_ptr, b_ptr, mrow_ptr, dnum_ptr,
+    q_ptr, k_ptr, i_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr,
     m_ptr, dC_ptr,
     dv_ptr,
     scale,
@@ -190,74 +196,80 @@ def _chunk_dv_kernel(
     log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
     A = qk * tl.exp(log_d - m_row[:, None])
     e = tl.exp(g - b + ig - m_next)
-    dnum = tl.load(dnum_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], mask=mask_v[None, :],
-                   other=0.0)
+    dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], mask=mask_v[None, :],
+                   other=0.0).to(tl.float32) / tl.load(norm_ptr + seq_off + t)[:, None]
     dv = tl.dot(tl.trans(A), dnum, input_precision=PRECISION) + e[:, None] * dv_state
-    tl.store(dv_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], dv, mask=mask_v[None, :])
+    tl.store(dv_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=mask_v[None, :])
 
 
 def output_cotangents(dh, h, den, m_row, eps):
-    """dnum (B, H, S, Dv) and dden (B, H, S), fp32: the gradient through the normalizer
-    max(|den|, exp(-m)) + eps, where only the |den| branch depends on the inputs."""
-    dh = dh.to(torch.float32)
+    """Per-row normalizer N_t = max(|den_t|, exp(-m_t)) + eps and dden (B, H, S), fp32: the
+    gradient through the normalizer, where only the |den| branch depends on the inputs (the
+    kernels form dnum = dh / N on load)."""
     normalizer = torch.maximum(den.abs(), torch.exp(-m_row)) + eps
-    dnum = dh / normalizer[..., None]
     den_wins = (den.abs() > torch.exp(-m_row)).to(torch.float32)
-    dden = -(dnum * h.to(torch.float32)).sum(-1) * torch.sign(den) * den_wins
-    return dnum.contiguous(), dden.contiguous()
+    dh_dot_h = (dh.to(torch.float32) * h.to(torch.float32)).sum(-1)
+    dden = -dh_dot_h / normalizer * torch.sign(den) * den_wins    # d/dN of num / N is -h / N
+    return normalizer.contiguous(), dden.contiguous()
 
 
-def chunk_state_grads(q, b, m_row, dnum, dden, m_states, dC_final, dn_final, chunk_size):
+def chunk_state_grads(q, b, m_row, dh, normalizer, dden, m_states, dC_final, dn_final, chunk_size):
     """dC (B, H, NC+1, Dqk, Dv), dn (B, H, NC+1, Dqk): gradient w.r.t. the state entering each
     chunk (index 0 = the initial state, NC = the final state's own cotangent)."""
     B, H, S, Dqk = q.shape
-    Dv = dnum.shape[-1]
+    Dv = dh.shape[-1]
     NC = S // chunk_size
     dC = torch.full((B, H, NC + 1, Dqk, Dv), float("nan"), dtype=torch.float32, device=q.device)
     dn = torch.full((B, H, NC + 1, Dqk), float("nan"), dtype=torch.float32, device=q.device)
     BK, BV = head_dim_tile(Dqk), head_dim_tile(Dv)
     grid = (B * H, triton.cdiv(Dqk, BK), triton.cdiv(Dv, BV))
     _chunk_state_grads_kernel[grid](
-        q, b, m_row, dnum, dden, m_states, dC_final, dn_final, dC, dn,
+        q, b, m_row, dh, normalizer, dden, m_states, dC_final, dn_final, dC, dn,
         S, Dqk, Dv, NC,
         L=chunk_size, BK=BK, BV=BV, PRECISION=dot_precision(q.dtype),
     )
     return dC, dn
 
 
-def chunk_input_grads(q, k, v, i, b, m_row, dnum, dden, states, state_grads, chunk_size):
-    """dq, dk (B, H, S, Dqk) and dv (B, H, S, Dv), fp32 (k's gradient w.r.t. the unscaled k)."""
+def chunk_input_grads(q, k, v, i, b, m_row, dh, normalizer, dden, states, state_grads, chunk_size):
+    """dq, dk (B, H, S, Dqk) and dv (B, H, S, Dv) in fp32 (k's gradient w.r.t. the unscaled k),
+    and the row sums q . dq and k . dk (B, H, S)."""
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
     NC = S // chunk_size
     C, n, m = states
     dC, dn = state_grads
     scale = 1.0 / math.sqrt(Dqk)
-    dq = torch.full((B, H, S, Dqk), float("nan"), dtype=torch.float32, device=q.device)
-    dk = torch.full_like(dq, float("nan"))
-    dv = torch.full((B, H, S, Dv), float("nan"), dtype=torch.float32, device=q.device)
     BK, BV = head_dim_tile(Dqk), head_dim_tile(Dv)
+    tiles_k = triton.cdiv(Dqk, BK)
+    # fp32 buffers, rounded once by torch: Triton's interpreter truncates on fp32 -> bf16 stores,
+    # and the gradients are worth the extra bytes
+    dq = torch.full(q.shape, float("nan"), dtype=torch.float32, device=q.device)
+    dk = torch.full_like(dq, float("nan"))
+    dv = torch.full(v.shape, float("nan"), dtype=torch.float32, device=v.device)
+    qdq = torch.full((tiles_k, B, H, S), float("nan"), dtype=torch.float32, device=q.device)
+    kdk = torch.full_like(qdq, float("nan"))
     precision = dot_precision(q.dtype)
-    _chunk_dqk_kernel[(B * H, NC, triton.cdiv(Dqk, BK))](
-        q, k, v, i, b, m_row, dnum, dden, C, n, m, dC, dn, dq, dk,
+    _chunk_dqk_kernel[(B * H, NC, tiles_k)](
+        q, k, v, i, b, m_row, dh, normalizer, dden, C, n, m, dC, dn, dq, dk, qdq, kdk,
         scale, S, Dqk, Dv, NC,
         L=chunk_size, BK=BK, BV=BV, PRECISION=precision,
     )
     _chunk_dv_kernel[(B * H, NC, triton.cdiv(Dv, BV))](
-        q, k, i, b, m_row, dnum, m, dC, dv,
+        q, k, i, b, m_row, dh, normalizer, m, dC, dv,
         scale, S, Dqk, Dv, NC,
         L=chunk_size, BK=BK, BV=BV, PRECISION=precision,
     )
-    return dq, dk, dv
+    return dq, dk, dv, qdq.sum(0), kdk.sum(0)
 
 
-def gate_grads(q, k, f, dq, dk, final_state, final_grads):
-    """di, df (B, H, S) fp32 from dq, dk (see the module docstring for why this is exact)."""
-    di = (k.to(torch.float32) * dk).sum(-1)
-    row_minus_source = (q.to(torch.float32) * dq).sum(-1) - di
+def gate_grads(f, qdq, kdk, final_state, final_grads):
+    """di, df (B, H, S) fp32 from the row sums q . dq and k . dk (see the module docstring for
+    why this is exact)."""
     C_final, n_final = final_state
     dC_final, dn_final = final_grads
     final_term = (C_final * dC_final).sum((-2, -1)) + (n_final * dn_final).sum(-1)
-    dlog_f = row_minus_source.flip(-1).cumsum(-1).flip(-1) + final_term[..., None]
+    dlog_f = (qdq - kdk).flip(-1).cumsum(-1).flip(-1) + final_term[..., None]
     df = dlog_f * torch.sigmoid(-f.to(torch.float32))
-    return di, df
+    return kdk, df

@@ -205,7 +205,8 @@ for fn in (fw._chunk_states_kernel, fw._chunk_outputs_kernel, bw._chunk_state_gr
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*bf16" if name in ("q_ptr", "k_ptr", "v_ptr", "h_ptr") else "*fp32"
+            bf16 = ("q_ptr", "k_ptr", "v_ptr", "h_ptr", "dh_ptr")
+            signature[name] = "*bf16" if name in bf16 else "*fp32"
         else:
             signature[name] = "fp32" if name in ("scale", "eps") else "i32"
     compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
