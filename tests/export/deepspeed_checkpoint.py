@@ -1,8 +1,8 @@
 """Write a real DeepSpeed checkpoint of a tiny Bio-xLSTM model from N gloo processes.
 
 Each rank builds the same model (same seed), runs a few AdamW steps through a real DeepSpeed
-engine (ZeRO stage 0-3; optionally with the DP x CP process groups of `pretrain.parallel`, so
-ZeRO shards over the context-parallel ranks too), saves the checkpoint in the run layout
+engine (ZeRO stage 0-3; optionally with the DP x CP process groups of `pretrain.parallel`,
+prepared as the trainer does so ZeRO shards over the context-parallel ranks too), saves the checkpoint in the run layout
 `RUN/checkpoints/<tag>/` + `RUN/checkpoints/latest`, and returns the engine's logits on a fixed
 probe batch after the last step: the numbers an export must reproduce.
 """
@@ -24,7 +24,7 @@ def probe_batch(vocab_size: int, seq_len: int = 24, batch: int = 2):
     return torch.randint(4, vocab_size, (batch, seq_len), generator=g)
 
 
-def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, bf16):
+def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, bf16, partition_over_cp):
     import deepspeed
 
     from modeling import ModelConfig, build_model
@@ -44,7 +44,10 @@ def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size
     if cp_size > 1:
         from pretrain.parallel import initialize_parallel
 
-        kwargs["mpu"] = initialize_parallel(cp_size).mpu
+        context = initialize_parallel(cp_size)
+        kwargs["mpu"] = context.mpu
+        if partition_over_cp:
+            model = context.prepare_model_for_deepspeed(model, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2, betas=(0.9, 0.95), weight_decay=0.1)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, **kwargs)
     vocab = model_config["vocab_size"]
@@ -79,10 +82,11 @@ def _entry(rank, world_size, workdir, args):
 
 
 def write_checkpoint(run_dir, model_config: dict, zero_stage: int, world_size: int = 2,
-                     cp_size: int = 1, bf16: bool = False) -> torch.Tensor:
-    """Train and save; returns rank 0's probe logits (B, S, V) fp32."""
+                     cp_size: int = 1, bf16: bool = False, partition_over_cp: bool = True) -> torch.Tensor:
+    """Train and save; returns rank 0's probe logits (B, S, V) fp32. `partition_over_cp=False`
+    skips `ParallelContext.prepare_model_for_deepspeed` (raw DeepSpeed ZeRO-3 under a CP mpu)."""
     with tempfile.TemporaryDirectory() as workdir:
-        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, bf16)),
+        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, bf16, partition_over_cp)),
                            nprocs=world_size, join=True, start_method="spawn")
         with open(os.path.join(workdir, "rank0.pkl"), "rb") as fh:
             return pickle.load(fh)

@@ -1,7 +1,7 @@
 """Train -> checkpoint -> export -> load without the training stack gives the training model.
 
 A tiny protein model trains 3 AdamW steps in 2 real gloo processes under DeepSpeed (ZeRO-3,
-ZeRO-0, and ZeRO-2 over a context-parallel group of 2); the engine's logits on a probe batch
+ZeRO-0, and ZeRO-3 sharded over a context-parallel group of 2); the engine's logits on a probe batch
 after the last step are the reference. The export is loaded in a fresh interpreter where
 `import deepspeed` (and megatron, submitit, webdataset) fails. Tolerances: fp32 export
 max |diff| <= 1e-6 (the same fp32 weights, the same CPU kernels); bf16 export: relative error
@@ -56,7 +56,7 @@ def test_bf16_export_is_within_bf16_rounding_of_training_logits(zero3_run, prote
     assert relative <= 1e-2, relative
 
 
-@pytest.mark.parametrize("zero_stage,cp_size", [(0, 1), (2, 2)], ids=["zero0-dp2", "zero2-dp1xcp2"])
+@pytest.mark.parametrize("zero_stage,cp_size", [(0, 1), (3, 2)], ids=["zero0-dp2", "zero3-dp1xcp2"])
 def test_other_zero_stages_and_context_parallel_checkpoints_export_exactly(zero_stage, cp_size, protein_tokenizer,
                                                                            tmp_path):
     from deepspeed_checkpoint import write_checkpoint
@@ -75,8 +75,9 @@ def test_other_zero_stages_and_context_parallel_checkpoints_export_exactly(zero_
 
 
 def test_zero3_with_context_parallel_replicas_that_diverged_is_refused(protein_tokenizer, tmp_path):
-    """DeepSpeed 0.19 ZeRO-3 under a CP mpu keeps a full, unsynchronised copy per CP rank (the
-    ranks here see different data): export must not pick one silently."""
+    """Raw DeepSpeed 0.19 ZeRO-3 under a CP mpu, without `prepare_model_for_deepspeed`, keeps a
+    full, unsynchronised copy per CP rank (the ranks here see different data): export must not
+    pick one silently."""
     from deepspeed_checkpoint import write_checkpoint
     from tiny_models import tiny_model_config
 
@@ -84,7 +85,7 @@ def test_zero3_with_context_parallel_replicas_that_diverged_is_refused(protein_t
 
     config = tiny_model_config("protein")
     run_dir = tmp_path / "run"
-    write_checkpoint(run_dir, config, zero_stage=3, world_size=2, cp_size=2)
+    write_checkpoint(run_dir, config, zero_stage=3, world_size=2, cp_size=2, partition_over_cp=False)
     with pytest.raises(ExportError, match="copies differ"):
         _export(run_dir, config, protein_tokenizer, tmp_path / "export")
     assert not (tmp_path / "export").exists()
