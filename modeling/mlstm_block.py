@@ -1,0 +1,123 @@
+"""The Prot-xLSTM mLSTM block (pre-up-projection), DESIGN.md section 8.
+
+pre-LayerNorm -> up-projection to 2*inner (x, z) -> causal depthwise conv + SiLU on x -> q, k
+from the conv output, v from the pre-conv x (headwise, blocksize 4) -> RoPE on q, k -> mLSTM
+cell with gates Linear(3*inner -> heads) over concat[q, k, v] -> multi-head layer norm ->
++ skip * conv activation -> * SiLU(z) -> down-projection. The block returns its residual branch;
+the stack adds it (so bidirectional and RC wrappers can combine branches).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.config import ModelConfig
+from modeling.layers import (
+    CausalDepthwiseConv, HeadwiseLinear, MultiHeadLayerNorm, small_init_, wang_init_,
+)
+from modeling.rope import apply_rope, rope_angles
+
+
+class MLSTMBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, inner, H = cfg.d_model, cfg.inner_dim, cfg.num_heads
+        self.cfg, self.inner, self.num_heads, self.head_dim = cfg, inner, H, inner // H
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+        self.proj_up = nn.Linear(d, 2 * inner, bias=False)
+        self.conv = CausalDepthwiseConv(inner, cfg.conv_kernel_size)
+        self.q_proj = HeadwiseLinear(inner, cfg.qk_block_size)
+        self.k_proj = HeadwiseLinear(inner, cfg.qk_block_size)
+        self.v_proj = HeadwiseLinear(inner, cfg.qk_block_size)
+        self.igate = nn.Linear(3 * inner, H, bias=True)
+        self.fgate = nn.Linear(3 * inner, H, bias=True)
+        self.outnorm = MultiHeadLayerNorm(H, self.head_dim, eps=cfg.norm_eps)
+        self.skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, d, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        cfg = self.cfg
+        small_init_(self.proj_up.weight, cfg.d_model)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            small_init_(proj.weight, self.inner)
+        nn.init.zeros_(self.fgate.weight)
+        with torch.no_grad():
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
+        wang_init_(self.proj_down.weight, cfg.d_model, cfg.num_blocks)
+
+    # -- pieces shared by the sequence and the step form -------------------------------------
+    def _qkv_gates(self, x_m, x_c, positions):
+        """x_m, x_c (..., inner) -> q, k, v (..., H, Dh), i, f (..., H)."""
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        qkv = torch.cat([q, k, v], dim=-1)
+        i, f = self.igate(qkv), self.fgate(qkv)
+        pe = self.cfg.position_encoding
+        if pe == "rope_inner":
+            ang = rope_angles(positions, self.inner, self.cfg.rope_theta)
+            q, k = apply_rope(q, ang), apply_rope(k, ang)
+        split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))
+        q, k, v = split(q), split(k), split(v)
+        if pe == "rope_head":
+            ang = rope_angles(positions, self.head_dim, self.cfg.rope_theta).unsqueeze(-2)
+            q, k = apply_rope(q, ang), apply_rope(k, ang)
+        return q, k, v, i, f
+
+    def _output(self, h, x_c, z):
+        """h (..., H, Dh) from the cell -> residual branch (..., d)."""
+        h = self.outnorm(h) + self.skip * x_c
+        return self.proj_down(h * F.silu(z))
+
+    # -- whole sequence ------------------------------------------------------------------------
+    def forward(self, x, positions=None, cp_group=None, reverse=False):
+        """x (B, S, d) -> residual branch (B, S, d). `positions` (B, S) long (needed with RoPE).
+
+        With `cp_group`, x is this rank's contiguous slice of the (already locally flipped when
+        `reverse`) sequence: the conv halo and the mLSTM state come from the other ranks.
+        """
+        from kernels import mlstm_chunkwise
+
+        x_m, z = self.proj_up(self.norm(x)).chunk(2, dim=-1)
+        halo = None
+        if cp_group is not None:
+            from kernels.mlstm.context_parallel import exchange_conv_halo
+            halo = exchange_conv_halo(x_m, self.conv.kernel_size - 1, cp_group, reverse=reverse)
+        x_c = F.silu(self.conv(x_m, halo))
+        q, k, v, i, f = self._qkv_gates(x_m, x_c, positions)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))          # (B, H, S, Dh)
+        i, f = i.transpose(1, 2).float(), f.transpose(1, 2).float()
+        if cp_group is None:
+            h = mlstm_chunkwise(q, k, v, i, f, chunk_size=self.cfg.chunk_size,
+                                backend=self.cfg.kernel_backend)
+        else:
+            from kernels.mlstm.context_parallel import mlstm_context_parallel
+            h = mlstm_context_parallel(q, k, v, i, f, cp_group, reverse=reverse,
+                                       chunk_size=self.cfg.chunk_size,
+                                       backend=self.cfg.kernel_backend)
+        return self._output(h.transpose(1, 2), x_c, z)
+
+    # -- one token -----------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict:
+        H, Dh = self.num_heads, self.head_dim
+        return {
+            "conv": torch.zeros(batch_size, self.conv.kernel_size - 1, self.inner, device=device, dtype=dtype),
+            "C": torch.zeros(batch_size, H, Dh, Dh, device=device, dtype=torch.float32),
+            "n": torch.zeros(batch_size, H, Dh, device=device, dtype=torch.float32),
+            "m": torch.zeros(batch_size, H, device=device, dtype=torch.float32),
+        }
+
+    def step(self, x_t, state: dict, positions=None):
+        """x_t (B, d) -> (residual branch (B, d), new state)."""
+        from kernels import mlstm_step
+
+        x_m, z = self.proj_up(self.norm(x_t)).chunk(2, dim=-1)
+        conv_out, conv_buf = self.conv.step(x_m, state["conv"])
+        x_c = F.silu(conv_out)
+        q, k, v, i, f = self._qkv_gates(x_m, x_c, positions)
+        h, (C, n, m) = mlstm_step(q, k, v, i.float(), f.float(),
+                                  (state["C"], state["n"], state["m"]))
+        out = self._output(h.to(x_t.dtype), x_c, z)
+        return out, {"conv": conv_buf, "C": C, "n": n, "m": m}

@@ -1,0 +1,193 @@
+"""XLSTMModel and `build_model`: embedding -> stack of blocks -> final norm -> LM/MLM head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.config import ModelConfig
+from modeling.directions import (
+    CausalBlock, RCSharedBlock, ReversedBlock, WeightTiedBidirectionalBlock, no_step,
+)
+from modeling.dna_rc import complement_table, reverse_complement_ids, reverse_complement_logits
+from modeling.errors import ContextParallelError
+from modeling.layers import small_init_
+from modeling.mlstm_block import MLSTMBlock
+from modeling.slstm_block import SLSTMBlock
+
+
+class RCTable(nn.Module):
+    """A (V, d) token table built from a (V, d/2) half: row v = [E[v], flip(E[comp v])].
+
+    Then flip_channels(row v) = row comp(v): as an embedding it maps RC(ids) to RC(hidden); as
+    an output projection it maps RC(hidden) to complemented, flipped logits."""
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.half_weight = nn.Parameter(torch.empty(vocab_size, d_model // 2))
+        self.register_buffer("comp", complement_table(vocab_size), persistent=False)
+        small_init_(self.half_weight, d_model)
+
+    def table(self) -> torch.Tensor:
+        return torch.cat([self.half_weight, self.half_weight[self.comp].flip(-1)], dim=-1)
+
+
+class RCSymmetricNorm(nn.Module):
+    """LayerNorm whose weight is channel-flip symmetric ([w, flip(w)]), so it commutes with RC."""
+
+    def __init__(self, d_model: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.half_weight = nn.Parameter(torch.ones(d_model // 2))
+
+    def forward(self, x):
+        weight = torch.cat([self.half_weight, self.half_weight.flip(0)])
+        return F.layer_norm(x, (x.shape[-1],), weight=weight, eps=self.eps)
+
+
+class XLSTMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, V = cfg.d_model, cfg.vocab_size
+        self.rc_shared = cfg.rc_mode == "param_sharing"
+        if self.rc_shared:
+            self.embedding = RCTable(V, d)
+            self.final_norm = RCSymmetricNorm(d, cfg.norm_eps)
+            self.head = None if cfg.tie_embeddings else RCTable(V, d)
+        else:
+            self.embedding = nn.Embedding(V, d)
+            small_init_(self.embedding.weight, d)
+            self.final_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+            self.head = None if cfg.tie_embeddings else nn.Linear(d, V, bias=False)
+            if self.head is not None:
+                small_init_(self.head.weight, d)
+        self.sequence_index_embedding = (
+            nn.Embedding(cfg.num_sequence_index, d) if cfg.num_sequence_index > 0 else None)
+        if self.sequence_index_embedding is not None:
+            small_init_(self.sequence_index_embedding.weight, d)
+        self.blocks = nn.ModuleList(self._wrap(i, self._block(i)) for i in range(cfg.num_blocks))
+
+    def _block(self, index: int) -> nn.Module:
+        return SLSTMBlock(self.cfg) if index in self.cfg.slstm_positions else MLSTMBlock(self.cfg)
+
+    def _wrap(self, index: int, block: nn.Module) -> nn.Module:
+        if self.rc_shared:
+            return RCSharedBlock(block)
+        if self.cfg.bidirectional == "weight_tied":
+            return WeightTiedBidirectionalBlock(block)
+        if self.cfg.bidirectional == "alternating" and index % 2 == 1:
+            return ReversedBlock(block)
+        return CausalBlock(block)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _embed(self, input_ids, sequence_index):
+        if self.rc_shared:
+            x = F.embedding(input_ids, self.embedding.table())
+        else:
+            x = self.embedding(input_ids)
+        if self.sequence_index_embedding is not None:
+            if sequence_index is None:
+                sequence_index = torch.cumsum(input_ids == self.cfg.cls_token_id, dim=1) - 1
+            idx = sequence_index.clamp(0, self.cfg.num_sequence_index - 1)
+            x = x + self.sequence_index_embedding(idx)
+        return x
+
+    def _project(self, hidden):
+        if self.rc_shared:
+            weight = (self.embedding if self.head is None else self.head).table()
+        else:
+            weight = self.embedding.weight if self.head is None else self.head.weight
+        return F.linear(hidden, weight)
+
+    def _positions(self, input_ids, position_ids, cp_group):
+        B, S = input_ids.shape
+        offset, total = 0, S
+        if cp_group is not None:
+            import torch.distributed as dist
+            offset = dist.get_rank(group=cp_group) * S
+            total = dist.get_world_size(group=cp_group) * S
+        if position_ids is None:
+            position_ids = (torch.arange(S, device=input_ids.device) + offset).expand(B, S)
+        rc_positions = None
+        if self.rc_shared:
+            rc_positions = (total - 1 - position_ids).flip(1).clamp(0, self.cfg.max_position_id)
+        return position_ids.clamp(0, self.cfg.max_position_id), rc_positions
+
+    def _trunk(self, input_ids, position_ids, cp_group, sequence_index):
+        positions, rc_positions = self._positions(input_ids, position_ids, cp_group)
+        x = self._embed(input_ids, sequence_index)
+        for block in self.blocks:
+            if self.rc_shared:
+                x = block(x, positions, cp_group, rc_positions=rc_positions)
+            else:
+                x = block(x, positions, cp_group)
+        return self.final_norm(x)
+
+    # -- public API ------------------------------------------------------------------------------
+    def forward(self, input_ids, position_ids=None, return_hidden=False, cp_group=None,
+                sequence_index=None):
+        """input_ids (B, S) long -> logits (B, S, V), or the final normed hidden (B, S, d).
+
+        position_ids (B, S): RoPE positions from the data (clamped at max_position_id); None =
+        0..S-1 (offset by rank * S under context parallelism, where input_ids is this rank's
+        contiguous slice). rc_mode=post_hoc averages the predictions on x and RC(x)."""
+        if self.cfg.rc_mode != "post_hoc":
+            hidden = self._trunk(input_ids, position_ids, cp_group, sequence_index)
+            return hidden if return_hidden else self._project(hidden)
+        if cp_group is not None:
+            raise ContextParallelError(
+                "rc_mode=post_hoc needs the whole sequence on one rank (it runs RC(x)); "
+                "use context_parallel_size 1 or rc_mode=param_sharing")
+        rc_ids = reverse_complement_ids(input_ids, self.cfg.vocab_size)
+        rc_pos = None if position_ids is None else position_ids.flip(1)
+        fwd = self._trunk(input_ids, position_ids, None, sequence_index)
+        bwd = self._trunk(rc_ids, rc_pos, None, None)
+        if return_hidden:
+            return 0.5 * (fwd + bwd.flip(1))
+        return 0.5 * (self._project(fwd) + reverse_complement_logits(self._project(bwd)))
+
+    def _check_step(self):
+        if self.cfg.rc_mode != "none":
+            no_step(f"reverse-complement ({self.cfg.rc_mode})")
+        if self.cfg.bidirectional != "none":
+            no_step(f"bidirectional ({self.cfg.bidirectional})")
+
+    def init_state(self, batch_size: int, device=None) -> dict:
+        """Constant-size recurrent state: per block (mLSTM C, n, m or sLSTM h, c, n, m; conv
+        buffer), the next position and the sequence-index counter."""
+        self._check_step()
+        if device is None:
+            device = self.embedding.weight.device
+        dtype = self.embedding.weight.dtype
+        return {
+            "blocks": [b.init_state(batch_size, device, dtype) for b in self.blocks],
+            "position": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "num_cls": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
+
+    def step(self, token_ids, state: dict, position_ids=None, sequence_index=None):
+        """token_ids (B,) -> (logits (B, V), new state). position_ids (B,) overrides the running
+        position (as in training data where positions restart at each sequence)."""
+        self._check_step()
+        pos = state["position"] if position_ids is None else position_ids
+        pos = pos.clamp(0, self.cfg.max_position_id)
+        num_cls = state["num_cls"] + (token_ids == self.cfg.cls_token_id).long()
+        x = self.embedding(token_ids)
+        if self.sequence_index_embedding is not None:
+            idx = num_cls - 1 if sequence_index is None else sequence_index
+            x = x + self.sequence_index_embedding(idx.clamp(0, self.cfg.num_sequence_index - 1))
+        new_blocks = []
+        for block, block_state in zip(self.blocks, state["blocks"]):
+            x, block_state = block.step(x, block_state, pos)
+            new_blocks.append(block_state)
+        logits = self._project(self.final_norm(x))
+        return logits, {"blocks": new_blocks, "position": pos + 1, "num_cls": num_cls}
+
+
+def build_model(cfg: ModelConfig) -> XLSTMModel:
+    """The one way to build a model from a ModelConfig (dict accepted too)."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    cfg.validate()
+    return XLSTMModel(cfg)

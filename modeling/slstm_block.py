@@ -1,0 +1,117 @@
+"""The sLSTM block (post-up-projection, xLSTM paper): scalar memory with exponential gating.
+
+pre-LayerNorm -> causal depthwise conv + SiLU feeding the input and forget gates -> sLSTM cell
+(heads with block-diagonal recurrent weights, stabilizer m) -> per-head group norm -> residual;
+then pre-LayerNorm -> gated feed-forward (GeLU) -> residual. Pure torch, a loop over time.
+Returns its residual branch (output - input) like the mLSTM block.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.config import ModelConfig
+from modeling.errors import ContextParallelError
+from modeling.layers import CausalDepthwiseConv, MultiHeadLayerNorm, small_init_, wang_init_
+
+
+class SLSTMCell(nn.Module):
+    """c_t = f' c + i' z, n_t = f' n + i', h_t = o * c_t / n_t with log-space stabilizer m."""
+
+    def __init__(self, d: int, num_heads: int):
+        super().__init__()
+        self.d, self.num_heads, self.head_dim = d, num_heads, d // num_heads
+        # recurrent weights per head: h_head (Dh) -> gate pre-activations (4 gates x Dh)
+        self.recurrent = nn.Parameter(torch.zeros(num_heads, self.head_dim, 4 * self.head_dim))
+        self.bias = nn.Parameter(torch.zeros(4, d))      # order: i, f, z, o
+        with torch.no_grad():
+            self.bias[1] = torch.linspace(3.0, 6.0, d)
+
+    def init_state(self, batch_size: int, device=None) -> dict:
+        zeros = lambda: torch.zeros(batch_size, self.d, device=device, dtype=torch.float32)
+        return {"h": zeros(), "c": zeros(), "n": zeros(), "m": zeros()}
+
+    def step(self, wx: torch.Tensor, state: dict):
+        """wx (B, 4, d) input contributions -> (h_t (B, d), new state), cell math in fp32."""
+        B = wx.shape[0]
+        h_prev = state["h"].view(B, self.num_heads, self.head_dim)
+        rec = torch.einsum("bhi,hio->bho", h_prev, self.recurrent.float())
+        rec = rec.view(B, self.num_heads, 4, self.head_dim).transpose(1, 2).reshape(B, 4, self.d)
+        raw = wx.float() + rec + self.bias.float()
+        i_t, f_t, z_t, o_t = raw.unbind(1)
+        log_f = F.logsigmoid(f_t)
+        m = torch.maximum(log_f + state["m"], i_t)
+        i_p = torch.exp(i_t - m)
+        f_p = torch.exp(log_f + state["m"] - m)
+        c = f_p * state["c"] + i_p * torch.tanh(z_t)
+        n = f_p * state["n"] + i_p
+        h = torch.sigmoid(o_t) * c / n
+        return h, {"h": h, "c": c, "n": n, "m": m}
+
+
+class SLSTMBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, H = cfg.d_model, cfg.slstm_num_heads
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+        self.conv = CausalDepthwiseConv(d, cfg.conv_kernel_size)
+        self.gate_if = nn.Linear(d, 2 * d, bias=False)     # from the conv activation
+        self.gate_zo = nn.Linear(d, 2 * d, bias=False)     # from the normed input
+        self.cell = SLSTMCell(d, H)
+        self.outnorm = MultiHeadLayerNorm(H, d // H, eps=cfg.norm_eps)
+        ff = 64 * math.ceil(cfg.ffn_proj_factor * d / 64)
+        self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+        self.ffn_up = nn.Linear(d, 2 * ff, bias=False)
+        self.ffn_down = nn.Linear(ff, d, bias=False)
+        for lin in (self.gate_if, self.gate_zo, self.ffn_up):
+            small_init_(lin.weight, d)
+        small_init_(self.cell.recurrent, d)
+        wang_init_(self.ffn_down.weight, d, cfg.num_blocks)
+
+    def _ffn(self, x):
+        gate, up = self.ffn_up(self.ffn_norm(x)).chunk(2, dim=-1)
+        return self.ffn_down(F.gelu(gate) * up)
+
+    def _inputs(self, xn, x_c):
+        i, f = self.gate_if(x_c).chunk(2, dim=-1)
+        z, o = self.gate_zo(xn).chunk(2, dim=-1)
+        return torch.stack([i, f, z, o], dim=-2)            # (..., 4, d)
+
+    def _finish(self, x, h):
+        H = self.cfg.slstm_num_heads
+        y = x + self.outnorm(h.to(x.dtype).unflatten(-1, (H, -1)))
+        return y + self._ffn(y) - x
+
+    def forward(self, x, positions=None, cp_group=None, reverse=False):
+        """x (B, S, d) -> residual branch (B, S, d); positions are not used (recurrence orders)."""
+        if cp_group is not None:
+            raise ContextParallelError(
+                "sLSTM blocks cannot run context parallel (their state is not passed between "
+                "ranks): set slstm_positions: [] or parallel.context_parallel_size: 1")
+        xn = self.norm(x)
+        x_c = F.silu(self.conv(xn))
+        wx = self._inputs(xn, x_c)
+        state = self.cell.init_state(x.shape[0], x.device)
+        hs = []
+        for t in range(x.shape[1]):
+            h, state = self.cell.step(wx[:, t], state)
+            hs.append(h)
+        return self._finish(x, torch.stack(hs, dim=1))
+
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict:
+        state = self.cell.init_state(batch_size, device)
+        state["conv"] = torch.zeros(batch_size, self.conv.kernel_size - 1, self.cfg.d_model,
+                                    device=device, dtype=dtype)
+        return state
+
+    def step(self, x_t, state: dict, positions=None):
+        xn = self.norm(x_t)
+        conv_out, conv_buf = self.conv.step(xn, state["conv"])
+        wx = self._inputs(xn, F.silu(conv_out))
+        h, cell_state = self.cell.step(wx, state)
+        cell_state["conv"] = conv_buf
+        return self._finish(x_t, h), cell_state
