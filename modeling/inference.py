@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from data_pipeline.tokenizers import load_tokenizer
+from modeling.errors import ModelingError
 from data_pipeline.formatters import protein_fim_sequence
 from modeling.sampling import RecurrentSession, SamplingSettings, StepTrace, generate_recurrent
 
@@ -37,10 +38,8 @@ MAX_FIM_SPANS = 5           # sentinels <mask-1> .. <mask-5> (DESIGN.md section 
 MAX_PROTEIN_POSITION = 2047  # position ids are clamped here in training (DESIGN.md section 8)
 
 
-class InferenceError(Exception):
+class InferenceError(ModelingError):
     """An export directory or an inference input the user must fix."""
-
-    user_facing = True
 
 
 @dataclass
@@ -141,8 +140,7 @@ class BioXLSTM:
 
     @property
     def is_causal(self) -> bool:
-        return (getattr(self.config, "bidirectional", "none") == "none"
-                and getattr(self.config, "head", "lm") == "lm")
+        return self.config.causal and self.config.head == "lm"
 
     def _start_ids(self) -> list[int]:
         """The token every training sample of this modality starts with."""
@@ -158,7 +156,7 @@ class BioXLSTM:
 
     @property
     def max_position(self) -> int:
-        return int(getattr(self.config, "max_position_id", None) or MAX_PROTEIN_POSITION)
+        return int(self.config.max_position_id)
 
     def _positions(self, ids: Sequence[int]) -> list[int]:
         if self.modality == "protein":

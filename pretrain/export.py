@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretrain.errors import PretrainError
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -33,10 +35,8 @@ DTYPES = ("fp32", "bf16")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class ExportError(Exception):
+class ExportError(PretrainError):
     """The checkpoint cannot be exported as asked; nothing was written."""
-
-    user_facing = True
 
 
 @dataclass
@@ -47,6 +47,99 @@ class CheckpointSource:
     model_config: dict                # ModelConfig.to_dict()
     tokenizer: dict                   # Tokenizer.to_dict()
     provenance: dict = field(default_factory=dict)   # for the model card
+
+
+# ---- reading a run's checkpoint (pretrain.checkpoint layout) -----------------------------------
+
+def read_training_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None) -> CheckpointSource:
+    """What to export from a run directory (its `latest` checkpoint) or one checkpoint directory.
+
+    Checks every file against the checkpoint's manifest first (size + sha256), so a damaged
+    checkpoint is refused before anything is read. The model config comes from the train state
+    (what was actually trained), the tokenizer from the data build the run trained on (its
+    manifest), or from `tokenizer_path` when the build is not at hand.
+    """
+    import torch
+
+    from pretrain.checkpoint import train_state_name, verify_checkpoint
+    from pretrain.config import RESOLVED_CONFIG_NAME
+
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    manifest = verify_checkpoint(checkpoint_dir)
+    state_path = checkpoint_dir / train_state_name(0)
+    try:
+        train_state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ExportError(f"{state_path}: unreadable ({type(err).__name__}: {err}); the checkpoint is "
+                          "corrupt or incomplete: export an earlier checkpoint") from None
+    run_dir = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else checkpoint_dir.parent
+    run_config = _read_run_config(run_dir / RESOLVED_CONFIG_NAME)
+    data = run_config.get("data") or {}
+    tokenizer = _read_tokenizer(tokenizer_path, data.get("shards"), run_dir)
+    if tokenizer.get("type") != data.get("modality", tokenizer.get("type")):
+        raise ExportError(f"tokenizer is for {tokenizer.get('type')!r} but the run trained on "
+                          f"{data.get('modality')!r} data; pass the run's tokenizer with --tokenizer")
+    stages = (run_config.get("curriculum") or {}).get("stages") or []
+    provenance = {
+        "objective": data.get("objective"),
+        "step": train_state.get("step"),
+        "tokens_seen": train_state.get("tokens"),
+        "curriculum": _curriculum_reached(train_state.get("stage"), stages),
+        "validation_loss": train_state.get("last_val_loss"),
+        "run_config_hash": train_state.get("config_hash") or manifest.get("config_hash"),
+        "world_size": train_state.get("world_size"),
+    }
+    model_config = train_state.get("model_config") or run_config.get("model")
+    if not model_config:
+        raise ExportError(f"{state_path}: holds no model config and {run_dir / RESOLVED_CONFIG_NAME} has "
+                          "no `model` section; cannot tell which architecture the weights belong to")
+    return CheckpointSource(checkpoint_dir, _normalized_model_config(model_config, state_path), tokenizer, provenance)
+
+
+def _read_run_config(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        return {}   # a checkpoint copied without its run directory still exports
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ExportError(f"{path}: not valid YAML ({err}); restore the run's resolved config") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _read_tokenizer(tokenizer_path, shards, run_dir: Path) -> dict:
+    from data_pipeline.tokenizers import load_tokenizer
+
+    if tokenizer_path is not None:
+        return load_tokenizer(str(tokenizer_path)).to_dict()
+    candidates = [Path(shards), run_dir / shards] if shards else []
+    for build_dir in candidates:
+        manifest = build_dir / "manifest.json"
+        if manifest.is_file():
+            from data_pipeline.manifest import read_manifest
+
+            return load_tokenizer(read_manifest(build_dir)["tokenizer"]).to_dict()
+    raise ExportError(f"the run's data build {shards!r} (data.shards) was not found, and it holds the "
+                      "tokenizer; pass --tokenizer PATH (a tokenizer.json, e.g. from another export)")
+
+
+def _normalized_model_config(model_config: dict, where: Path) -> dict:
+    from modeling import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(dict(model_config)).to_dict()
+    except Exception as err:
+        raise ExportError(f"{where}: the model config is not valid for this version of modeling ({err})") from None
+
+
+def _curriculum_reached(stage, stages: list) -> str | None:
+    if stage is None or not stages:
+        return None if stage is None else f"stage {int(stage) + 1}"
+    stage = int(stage)
+    if stage >= len(stages):
+        return f"all {len(stages)} stages done (context {stages[-1].get('context_len')})"
+    return f"stage {stage + 1} of {len(stages)} (context {stages[stage].get('context_len')})"
 
 
 # ---- locating and checking the DeepSpeed files -------------------------------------------------

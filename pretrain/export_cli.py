@@ -41,6 +41,9 @@ def _register_export(subparsers) -> None:
     parser.add_argument("out", metavar="OUT_DIR", help="directory to create for the export")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                         help="dtype of the saved weights (default fp32; bf16 halves the size)")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH",
+                        help="tokenizer.json to ship when the run's data build (data.shards, which "
+                             "holds the tokenizer) is not at hand")
     parser.add_argument("--force", action="store_true",
                         help="replace OUT_DIR if it exists and is not empty (the old one is removed "
                              "only after the new export is complete)")
@@ -50,7 +53,7 @@ def _register_export(subparsers) -> None:
 def _run_export(args) -> int:
     from pretrain.export import export_checkpoint, read_training_checkpoint
 
-    source = read_training_checkpoint(args.checkpoint)
+    source = read_training_checkpoint(args.checkpoint, tokenizer_path=args.tokenizer)
     out = export_checkpoint(source, args.out, dtype=args.dtype, force=args.force)
     print(f"exported {source.checkpoint_dir} -> {out}")
     return 0

@@ -24,7 +24,22 @@ def probe_batch(vocab_size: int, seq_len: int = 24, batch: int = 2):
     return torch.randint(4, vocab_size, (batch, seq_len), generator=g)
 
 
-def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, bf16, partition_over_cp):
+VAL_LOSS = 3.1416
+
+
+def _save_through_checkpoint_manager(engine, rank, world_size, model_config, run_dir):
+    """The trainer's checkpoint protocol: shards + one TrainState per rank + manifest + latest."""
+    from pretrain.checkpoint import CheckpointManager
+    from pretrain.train_state import TrainState
+
+    state = TrainState(step=STEPS, tokens=STEPS * world_size * 2 * 16, stage=1, rank=rank,
+                       world_size=world_size, config_hash="feedc0ffee", model_config=model_config,
+                       last_val_loss=VAL_LOSS)
+    CheckpointManager(os.path.join(run_dir, "checkpoints"), rank, keep=2).save(engine, state, {"config_hash": "feedc0ffee"})
+
+
+def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, bf16, partition_over_cp,
+                    with_train_state):
     import deepspeed
 
     from modeling import ModelConfig, build_model
@@ -58,7 +73,10 @@ def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), ids[:, 1:].reshape(-1))
         engine.backward(loss)
         engine.step()
-    engine.save_checkpoint(os.path.join(run_dir, "checkpoints"), tag=TAG)
+    if with_train_state:
+        _save_through_checkpoint_manager(engine, rank, world_size, model_config, run_dir)
+    else:
+        engine.save_checkpoint(os.path.join(run_dir, "checkpoints"), tag=TAG)
     engine.eval()
     with torch.no_grad():
         probe_logits = engine(probe_batch(vocab)).float()
@@ -82,11 +100,14 @@ def _entry(rank, world_size, workdir, args):
 
 
 def write_checkpoint(run_dir, model_config: dict, zero_stage: int, world_size: int = 2,
-                     cp_size: int = 1, bf16: bool = False, partition_over_cp: bool = True) -> torch.Tensor:
+                     cp_size: int = 1, bf16: bool = False, partition_over_cp: bool = True,
+                     with_train_state: bool = False) -> torch.Tensor:
     """Train and save; returns rank 0's probe logits (B, S, V) fp32. `partition_over_cp=False`
-    skips `ParallelContext.prepare_model_for_deepspeed` (raw DeepSpeed ZeRO-3 under a CP mpu)."""
+    skips `ParallelContext.prepare_model_for_deepspeed` (raw DeepSpeed ZeRO-3 under a CP mpu).
+    `with_train_state` saves through pretrain.checkpoint.CheckpointManager with a TrainState, as
+    the trainer does; otherwise plain `engine.save_checkpoint` (tag step_3)."""
     with tempfile.TemporaryDirectory() as workdir:
-        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, bf16, partition_over_cp)),
+        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, bf16, partition_over_cp, with_train_state)),
                            nprocs=world_size, join=True, start_method="spawn")
         with open(os.path.join(workdir, "rank0.pkl"), "rb") as fh:
             return pickle.load(fh)

@@ -82,3 +82,53 @@ def test_help_explains_every_option(command, capsys):
                    "embed": ["--per-token"], "generate": ["--context", "--top-k", "--top-p", "--temperature", "--seed"],
                    "infill": ["--max-span-tokens", "MASKED"]}[command]:
         assert option in text
+
+
+def test_export_command_writes_the_four_files_and_a_model_card(zero3_run, tmp_path):
+    import json
+
+    from data_pipeline.tokenizers import ProteinTokenizer
+    from deepspeed_checkpoint import VAL_LOSS
+
+    run_dir, config, _ = zero3_run
+    out = tmp_path / "exported"
+    assert main(["export", str(run_dir), str(out), "--dtype", "bf16"]) == 0
+    assert json.loads((out / "config.json").read_text()) == config
+    assert json.loads((out / "tokenizer.json").read_text()) == ProteinTokenizer().to_dict()
+    card = (out / "README.md").read_text()
+    for fact in ("protein", "| tokens trained | 192 |", f"| validation loss | {VAL_LOSS} |",
+                 "stage 2 of 2 (context 128)", "feedc0ffee", "step_00000003", "| weights dtype | bf16 |",
+                 "| optimizer steps | 3 |"):
+        assert fact in card, fact
+
+
+def test_export_command_refuses_a_damaged_checkpoint_in_one_line(zero3_copy, tmp_path, capsys):
+    run_dir, _, _ = zero3_copy
+    tag_dir = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    shard = sorted(tag_dir.glob("*optim_states.pt"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF                     # one flipped byte, same size
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "exported"
+    assert main(["export", str(run_dir), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and shard.name in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_export_without_the_data_build_asks_for_the_tokenizer(zero3_copy, tmp_path, capsys):
+    import yaml
+
+    run_dir, _, _ = zero3_copy
+    config_path = run_dir / "config.yaml"
+    resolved = yaml.safe_load(config_path.read_text())
+    resolved["data"]["shards"] = str(tmp_path / "moved_away")
+    config_path.write_text(yaml.safe_dump(resolved))
+    assert main(["export", str(run_dir), str(tmp_path / "a")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    tokenizer = tmp_path / "tokenizer.json"
+    from data_pipeline.tokenizers import ProteinTokenizer
+
+    ProteinTokenizer().save(tokenizer)
+    assert main(["export", str(run_dir), str(tmp_path / "b"), "--tokenizer", str(tokenizer)]) == 0
+    assert (tmp_path / "b" / "model.safetensors").is_file()
