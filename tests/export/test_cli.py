@@ -132,3 +132,71 @@ def test_export_without_the_data_build_asks_for_the_tokenizer(zero3_copy, tmp_pa
     ProteinTokenizer().save(tokenizer)
     assert main(["export", str(run_dir), str(tmp_path / "b"), "--tokenizer", str(tokenizer)]) == 0
     assert (tmp_path / "b" / "model.safetensors").is_file()
+
+
+def _export_dir_of_fresh_model(modality: str, path, **overrides):
+    """An export directory (the 4-file format) of a freshly initialised real model."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from modeling import ModelConfig, build_model
+    from tiny_models import tiny_model_config, tokenizer_dict
+
+    torch.manual_seed(11)
+    config = tiny_model_config(modality, **overrides)
+    model = build_model(ModelConfig.from_dict(config))
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_dict(modality)))
+    return path
+
+
+def test_generate_molecules_from_a_domain_reports_rdkit_metrics(tmp_path, capsys):
+    export = _export_dir_of_fresh_model("molecules", tmp_path / "chem")
+    domain = tmp_path / "domain.smi"
+    domain.write_text("smiles\nCCO\nc1ccccc1O\nCC(=O)Nc1ccc(O)cc1\n")
+    out = tmp_path / "gen.csv"
+    assert main(["generate", str(export), "--context", str(domain), "--num", "5", "--max-new-tokens", "12",
+                 "--seed", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "validity" in printed and "uniqueness" in printed and "novelty" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5 and all(r["valid"] in ("0", "1") for r in rows)
+
+
+def test_generate_dna_continues_the_prompt(tmp_path):
+    export = _export_dir_of_fresh_model("dna", tmp_path / "dna")
+    out = tmp_path / "gen.fasta"
+    assert main(["generate", str(export), "--prompt", "ACGTAC", "--num", "2", "--max-new-tokens", "30",
+                 "--out", str(out)]) == 0
+    sequences = out.read_text().splitlines()[1::2]
+    assert len(sequences) == 2 and all(s.startswith("ACGTAC") and len(s) == 36 for s in sequences)
+    assert set("".join(sequences)) <= set("ACGTN")
+
+
+def test_masked_lm_dna_model_scores_by_pseudo_likelihood_and_embeds_with_both_directions(tmp_path):
+    import torch
+
+    from modeling.inference import load
+
+    export = _export_dir_of_fresh_model("dna", tmp_path / "mlm", head="mlm", bidirectional="weight_tied",
+                                        slstm_positions=[])
+    model = load(export)
+    (score,) = model.score(["ACGTTGCA"])
+    ids = model.tokenizer.encode("ACGTTGCA")
+    expected = 0.0
+    for position in range(len(ids)):
+        masked = list(ids)
+        masked[position] = model.tokenizer.mask_id
+        with torch.no_grad():
+            logits = model.model(torch.tensor([masked]))[0].double()
+        expected += torch.log_softmax(logits[position], -1)[ids[position]].item()
+    assert score.num_tokens == 8 and abs(score.log_likelihood - expected) <= 1e-5 * abs(expected)
+    first = model.embed(["ACGTTGCA"])[0].per_token[0]
+    changed_end = model.embed(["ACGTTGCC"])[0].per_token[0]
+    assert not torch.allclose(first, changed_end)          # the first token sees the last one
+    with pytest.raises(Exception, match="causal"):
+        model.generate("ACGT", 5)
