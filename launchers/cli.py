@@ -122,6 +122,7 @@ def _launch_slurm(args: argparse.Namespace) -> int:
         preflight.check_parallel_layout(
             group.nodes * args.gpus_per_node, plan.context_parallel_size,
             f"{group.nodes} node(s) x --gpus-per-node {args.gpus_per_node} ({group.label})")
+    preflight.check_same_world_size(groups, args.gpus_per_node)
     preflight.check_writable(plan.run_dir)
     preflight.check_existing_run(plan.saved_config_path, plan.resolved, args.resume)
 
@@ -136,8 +137,9 @@ def _launch_slurm(args: argparse.Namespace) -> int:
         print(plan.resolved_yaml)
         for index, job in enumerate(jobs):
             dependency = f"afterok:<job id of {jobs[index - 1].group.label}>" if index else None
+            stops = "" if job.stop_after_stage is None else f" (stops after stage {job.stop_after_stage})"
             print(f"# ---- sbatch script {index + 1}/{len(jobs)}: {job.group.label}, "
-                  f"trainer arguments: {' '.join(job.train_argv)}")
+                  f"trainer arguments: {' '.join(job.train_argv)}{stops}")
             print(render_script(plan.run_dir, job.parameters, dependency))
         return 0
     job_ids = submit_jobs(plan.run_dir, jobs, options)

@@ -30,6 +30,20 @@ def check_parallel_layout(num_gpus: int, context_parallel_size: int, where: str)
         )
 
 
+def check_same_world_size(groups, gpus_per_node: int) -> None:
+    """Chained jobs resume from `latest`, and the trainer resumes only with the world size that
+    wrote it (ZeRO shards optimizer state per rank), so every group needs the same node count
+    until checkpoints can be resharded."""
+    nodes = sorted({group.nodes for group in groups})
+    if len(nodes) > 1:
+        raise LaunchOptionError(
+            f"--stage-nodes gives stage groups different node counts ({', '.join(map(str, nodes))}), but each "
+            "chained job resumes the previous job's checkpoint and the trainer resumes only with the same "
+            f"number of processes; give every group the same node count (e.g. --stage-nodes {nodes[-1]}) "
+            "or start a longer-context continuation as a new run with `bioxlstm train --from CKPT --stage K`"
+        )
+
+
 def check_writable(run_dir: Path) -> None:
     """The run directory, or the nearest ancestor that exists, must be writable by this user."""
     path = Path(run_dir).absolute()

@@ -46,3 +46,23 @@ def load_run_plan(config_path: str | Path, overrides: Sequence[str]) -> RunPlan:
         num_stages=max(1, len(cfg.curriculum.stages)),
         context_parallel_size=int(cfg.parallel.context_parallel_size),
     )
+
+
+def stage_end_step(train_argv: Sequence[str], world_size: int, last_stage: int) -> int:
+    """Optimizer step at which `last_stage` ends for this world size (capped by train.max_steps)."""
+    from pretrain import config as run_config
+    from pretrain.curriculum import Curriculum
+
+    config_path, overrides = _split_train_argv(train_argv)
+    cfg = run_config.load_run_config(config_path, overrides)
+    dp_size = max(1, world_size // cfg.parallel.context_parallel_size)
+    plan = Curriculum(cfg.curriculum.stages, cfg.train.grad_accum, dp_size).stages[last_stage]
+    end_step = plan.first_step + plan.num_steps
+    return end_step if cfg.train.max_steps is None else min(end_step, cfg.train.max_steps)
+
+
+def _split_train_argv(train_argv: Sequence[str]) -> tuple[str, list[str]]:
+    """Inverse of RunPlan.train_argv: (`--config` value, overrides)."""
+    argv = list(train_argv)
+    index = argv.index("--config")
+    return argv[index + 1], argv[:index] + argv[index + 2:]

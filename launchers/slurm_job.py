@@ -24,10 +24,27 @@ from launchers.preemption_bridge import PreemptionBridge
 class SlurmTrainingJob(submitit.helpers.Checkpointable):
     """Picklable callable: `train_argv` are the arguments of `bioxlstm train`."""
 
-    def __init__(self, train_argv: list[str], max_retries: int = 3, failures: int = 0) -> None:
+    def __init__(self, train_argv: list[str], max_retries: int = 3, failures: int = 0,
+                 stop_after_stage: int | None = None) -> None:
         self.train_argv = list(train_argv)
         self.max_retries = max_retries
         self.failures = failures
+        self.stop_after_stage = stop_after_stage
+
+    def _resubmission(self, failures: int) -> "SlurmTrainingJob":
+        return SlurmTrainingJob(self.train_argv, self.max_retries, failures, self.stop_after_stage)
+
+    def argv_for_world(self, world_size: int) -> list[str]:
+        """Trainer arguments; a stage-group job also gets `train.max_steps` = the end of its last stage.
+
+        The step where a stage ends depends on the data-parallel size, known only inside the job.
+        """
+        if self.stop_after_stage is None:
+            return list(self.train_argv)
+        from launchers.run_plan import stage_end_step
+
+        end_step = stage_end_step(self.train_argv, world_size, self.stop_after_stage)
+        return [*self.train_argv, f"train.max_steps={end_step}"]
 
     def __call__(self) -> int:
         from pretrain.preemption import request_stop
@@ -41,7 +58,7 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
               f"master {distributed.master_addr}:{distributed.master_port} "
               f"(after {self.failures} failed attempt(s))", flush=True)
         try:
-            code = int(train_main(list(self.train_argv)) or 0)
+            code = int(train_main(self.argv_for_world(distributed.world_size)) or 0)
         except SystemExit as stop:  # the trainer's CLI may exit instead of returning
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         except Exception as error:
@@ -63,8 +80,7 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
         from pretrain.preemption import request_stop
 
         request_stop()
-        return submitit.helpers.DelayedSubmission(
-            SlurmTrainingJob(self.train_argv, self.max_retries, self.failures))
+        return submitit.helpers.DelayedSubmission(self._resubmission(self.failures))
 
     def _requeue_after_failure(self, rank: int, reason: str) -> None:
         """Rank 0 requeues the job after a non-preemption failure, at most `max_retries` times."""
@@ -77,8 +93,7 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
         environment = submitit.JobEnvironment()
         pickle_path = environment.paths.submitted_pickle
         current = submitit_utils.DelayedSubmission.load(pickle_path)
-        retry = submitit_utils.DelayedSubmission(
-            SlurmTrainingJob(self.train_argv, self.max_retries, self.failures + 1))
+        retry = submitit_utils.DelayedSubmission(self._resubmission(self.failures + 1))
         retry.set_timeout(current._timeout_min, current._timeout_countdown)
         with submitit_utils.temporary_save_path(pickle_path) as tmp:
             retry.dump(tmp)

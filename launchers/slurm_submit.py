@@ -40,11 +40,16 @@ class SlurmOptions:
 
 @dataclass(frozen=True)
 class PlannedJob:
-    """One sbatch submission: which stages, on how many nodes, with which trainer arguments."""
+    """One sbatch submission: which stages, on how many nodes, with which trainer arguments.
+
+    `stop_after_stage` (chained jobs) ends the job after that curriculum stage; the next job in
+    the chain resumes from the run's `latest` checkpoint.
+    """
 
     group: StageGroup
     train_argv: list[str]
     parameters: dict[str, Any]
+    stop_after_stage: int | None = None
 
 
 def log_folder(run_dir: Path) -> Path:
@@ -85,12 +90,9 @@ def executor_parameters(options: SlurmOptions, group: StageGroup, chained: bool)
 
 def plan_jobs(train_argv: Sequence[str], groups: Sequence[StageGroup], options: SlurmOptions,
               chained: bool) -> list[PlannedJob]:
-    """One job per stage group; a chained job stops after its last stage (`--stop-after-stage`)."""
-    jobs = []
-    for group in groups:
-        argv = list(train_argv) + (["--stop-after-stage", str(group.last_stage)] if chained else [])
-        jobs.append(PlannedJob(group, argv, executor_parameters(options, group, chained)))
-    return jobs
+    """One job per stage group; a chained job stops after its group's last stage."""
+    return [PlannedJob(group, list(train_argv), executor_parameters(options, group, chained),
+                       group.last_stage if chained else None) for group in groups]
 
 
 def render_script(run_dir: Path, parameters: dict[str, Any], dependency: str | None = None) -> str:
@@ -116,6 +118,7 @@ def submit_jobs(run_dir: Path, jobs: Sequence[PlannedJob], options: SlurmOptions
         if job_ids:
             parameters["dependency"] = f"afterok:{job_ids[-1]}"
         executor.update_parameters(**parameters)
-        job = executor.submit(SlurmTrainingJob(planned.train_argv, max_retries=options.max_retries))
+        job = executor.submit(SlurmTrainingJob(planned.train_argv, max_retries=options.max_retries,
+                                               stop_after_stage=planned.stop_after_stage))
         job_ids.append(str(job.job_id))
     return job_ids

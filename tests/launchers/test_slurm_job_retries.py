@@ -50,13 +50,17 @@ def test_only_rank0_requeues(submitted_job):
     assert read_calls(calls_log, "scontrol") == []
 
 
-def test_checkpoint_resubmits_the_same_run(submitted_job, monkeypatch):
-    stops = []
-    import pretrain.preemption  # noqa: F401 - the real module must exist for the job to run
-    monkeypatch.setattr("pretrain.preemption.request_stop", lambda: stops.append(True))
-    job = SlurmTrainingJob(["--config", "x.yaml", "a.b=1"], max_retries=5, failures=1)
-    resubmission = job.checkpoint()
-    assert stops == [True]
+def test_checkpoint_asks_the_trainer_to_stop_and_resubmits_the_same_run():
+    from pretrain import preemption
+
+    job = SlurmTrainingJob(["--config", "x.yaml", "a.b=1"], max_retries=5, failures=1, stop_after_stage=2)
+    assert not preemption.stop_requested()
+    try:
+        resubmission = job.checkpoint()
+        assert preemption.stop_requested()       # the loop checkpoints at its next step boundary
+    finally:
+        preemption.clear_stop()
     assert isinstance(resubmission.function, SlurmTrainingJob)
     assert resubmission.function.train_argv == job.train_argv
     assert (resubmission.function.max_retries, resubmission.function.failures) == (5, 1)
+    assert resubmission.function.stop_after_stage == 2

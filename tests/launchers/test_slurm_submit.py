@@ -66,7 +66,8 @@ def test_chained_stage_groups_submit_with_afterok_dependencies(fake_slurm, tmp_p
         pickle_path = run_dir / "slurm" / job_id / f"{job_id}_submitted.pkl"
         delayed = DelayedSubmission.load(pickle_path)
         assert isinstance(delayed.function, SlurmTrainingJob)
-        assert delayed.function.train_argv == train_argv + ["--stop-after-stage", str(last_stage)]
+        assert delayed.function.train_argv == train_argv
+        assert delayed.function.stop_after_stage == last_stage
         assert delayed.function.max_retries == 2 and delayed.function.failures == 0
         assert delayed._timeout_countdown == 5        # submitit's max_num_timeout
 
@@ -86,7 +87,7 @@ def test_dry_run_script_is_exactly_what_gets_submitted(fake_slurm, tmp_path):
 def test_single_job_without_chaining_trains_every_stage(fake_slurm, tmp_path):
     groups = build_stage_groups(1, None, "8", "2-00:00:00", 1, 60)
     jobs = plan_jobs(["--config", "x.yaml"], groups, options(), chained=False)
-    assert jobs[0].train_argv == ["--config", "x.yaml"]
+    assert jobs[0].train_argv == ["--config", "x.yaml"] and jobs[0].stop_after_stage is None
     submit_jobs(tmp_path / "run", jobs, options())
     flags = sbatch_lines(open(read_calls(fake_slurm, "sbatch")[0]["script"]).read())
     assert flags["nodes"] == "8" and flags["time"] == "2880" and flags["job-name"] == "bioxlstm"
