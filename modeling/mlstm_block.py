@@ -19,6 +19,11 @@ from modeling.layers import (
 from modeling.rope import apply_rope, rope_angles
 
 
+def _gate_precision(gate: torch.Tensor) -> torch.Tensor:
+    """Gate pre-activations in at least fp32 (exp gating overflows in bf16); float64 stays."""
+    return gate.to(torch.promote_types(gate.dtype, torch.float32))
+
+
 class MLSTMBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -88,7 +93,7 @@ class MLSTMBlock(nn.Module):
         x_c = F.silu(self.conv(x_m, halo))
         q, k, v, i, f = self._qkv_gates(x_m, x_c, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))          # (B, H, S, Dh)
-        i, f = i.transpose(1, 2).float(), f.transpose(1, 2).float()
+        i, f = _gate_precision(i.transpose(1, 2)), _gate_precision(f.transpose(1, 2))
         if cp_group is None:
             h = mlstm_chunkwise(q, k, v, i, f, chunk_size=self.cfg.chunk_size,
                                 backend=self.cfg.kernel_backend)
@@ -117,7 +122,7 @@ class MLSTMBlock(nn.Module):
         conv_out, conv_buf = self.conv.step(x_m, state["conv"])
         x_c = F.silu(conv_out)
         q, k, v, i, f = self._qkv_gates(x_m, x_c, positions)
-        h, (C, n, m) = mlstm_step(q, k, v, i.float(), f.float(),
+        h, (C, n, m) = mlstm_step(q, k, v, _gate_precision(i), _gate_precision(f),
                                   (state["C"], state["n"], state["m"]))
         out = self._output(h.to(x_t.dtype), x_c, z)
         return out, {"conv": conv_buf, "C": C, "n": n, "m": m}

@@ -30,17 +30,18 @@ class SLSTMCell(nn.Module):
         with torch.no_grad():
             self.bias[1] = torch.linspace(3.0, 6.0, d)
 
-    def init_state(self, batch_size: int, device=None) -> dict:
-        zeros = lambda: torch.zeros(batch_size, self.d, device=device, dtype=torch.float32)
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict:
+        zeros = lambda: torch.zeros(batch_size, self.d, device=device, dtype=dtype)
         return {"h": zeros(), "c": zeros(), "n": zeros(), "m": zeros()}
 
     def step(self, wx: torch.Tensor, state: dict):
         """wx (B, 4, d) input contributions -> (h_t (B, d), new state), cell math in fp32."""
         B = wx.shape[0]
-        h_prev = state["h"].view(B, self.num_heads, self.head_dim)
-        rec = torch.einsum("bhi,hio->bho", h_prev, self.recurrent.float())
+        dtype = torch.promote_types(wx.dtype, torch.float32)    # fp32 at least, float64 kept
+        h_prev = state["h"].to(dtype).view(B, self.num_heads, self.head_dim)
+        rec = torch.einsum("bhi,hio->bho", h_prev, self.recurrent.to(dtype))
         rec = rec.view(B, self.num_heads, 4, self.head_dim).transpose(1, 2).reshape(B, 4, self.d)
-        raw = wx.float() + rec + self.bias.float()
+        raw = wx.to(dtype) + rec + self.bias.to(dtype)
         i_t, f_t, z_t, o_t = raw.unbind(1)
         log_f = F.logsigmoid(f_t)
         m = torch.maximum(log_f + state["m"], i_t)
@@ -95,7 +96,7 @@ class SLSTMBlock(nn.Module):
         xn = self.norm(x)
         x_c = F.silu(self.conv(xn))
         wx = self._inputs(xn, x_c)
-        state = self.cell.init_state(x.shape[0], x.device)
+        state = self.cell.init_state(x.shape[0], x.device, torch.promote_types(x.dtype, torch.float32))
         hs = []
         for t in range(x.shape[1]):
             h, state = self.cell.step(wx[:, t], state)
@@ -103,7 +104,7 @@ class SLSTMBlock(nn.Module):
         return self._finish(x, torch.stack(hs, dim=1))
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict:
-        state = self.cell.init_state(batch_size, device)
+        state = self.cell.init_state(batch_size, device, torch.promote_types(dtype, torch.float32))
         state["conv"] = torch.zeros(batch_size, self.conv.kernel_size - 1, self.cfg.d_model,
                                     device=device, dtype=dtype)
         return state
