@@ -1,0 +1,357 @@
+"""RunConfig: the typed, validated description of one training run.
+
+A run config is YAML with five sections; defaults live in the dataclasses below, the YAML
+holds only what differs:
+
+    model:       modeling.ModelConfig fields, or `base: models/x.yaml` plus field overrides
+    data:        data_pipeline.DataConfig fields
+    train:       TrainConfig (optimizer, schedule, ZeRO stage, checkpoints, logging)
+    parallel:    ParallelConfig (context_parallel_size)
+    curriculum:  stages: [{context_len, micro_batch_size, tokens, grad_accum?}, ...]
+
+`model.base` is a path relative to the config file's folder or one of its parents (so both
+configs/x.yaml and configs/runs/x.yaml may say `base: models/protein_tiny.yaml`); the base is
+inlined on load, so the resolved config saved in the run directory stands alone.
+
+Overrides `a.b=c` (command line) are applied to the raw mapping before validation; values are
+parsed as YAML scalars or lists (`train.lr=3e-4`, `train.betas=[0.9,0.95]`,
+`curriculum.stages.1.tokens=1000000`). Validation is strict: an unknown key or a wrong type is
+an error naming the full dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from pretrain.errors import ConfigError
+
+RESOLVED_CONFIG_NAME = "config.yaml"
+SCHEDULES = ("cosine", "wsd", "constant")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"        # run directory: checkpoints/, tensorboard/, config.yaml
+    seed: int = 0
+    lr: float = 6e-4                     # peak learning rate
+    min_lr: float = 0.0                  # floor of the decay (cosine / wsd)
+    warmup_tokens: int = 0               # linear warmup from warmup_start_lr, counted in tokens
+    warmup_start_lr: float = 0.0
+    schedule: str = "cosine"             # "cosine" | "wsd" (warmup-stable-decay) | "constant"
+    decay_fraction: float = 0.1          # wsd: share of the total tokens spent decaying
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1            # on matrices only; norms, biases and gates' biases excluded
+    grad_clip: float = 1.0               # global norm; 0 disables
+    grad_accum: int = 1                  # micro-batches per optimizer step (stages may override)
+    zero_stage: int = 1                  # DeepSpeed ZeRO stage 0..3
+    dtype: str = "auto"                  # "auto" = bf16 on GPU, fp32 on CPU
+    activation_checkpointing: bool = False   # recompute each block in the backward pass
+    max_steps: Optional[int] = None      # stop early (before the curriculum ends), e.g. for smoke runs
+    checkpoint_every: int = 1000         # optimizer steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 3            # newest K checkpoints kept
+    eval_every: int = 500                # optimizer steps between validation passes (0 = only at the end)
+    eval_batches: int = 20               # validation micro-batches per pass (0 = the whole split)
+    log_every: int = 10                  # optimizer steps between TensorBoard / console updates
+    tensorboard: bool = True
+    peak_tflops: Optional[float] = None  # per device, for MFU; None = 989 (H100 bf16) on GPU, no MFU on CPU
+    record_samples: bool = False         # write the sample keys every rank trains on (data audit)
+    progress: bool = True                # tqdm progress bar on rank 0
+
+
+@dataclass
+class ParallelConfig:
+    context_parallel_size: int = 1       # ranks that share one sequence (must divide the world size)
+
+
+@dataclass
+class StageConfig:
+    context_len: int = 2048
+    micro_batch_size: int = 1
+    tokens: int = 0                      # token budget of this stage
+    grad_accum: Optional[int] = None     # None = train.grad_accum
+
+
+@dataclass
+class CurriculumConfig:
+    stages: List[StageConfig] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: Any = None                    # modeling.ModelConfig
+    data: Any = None                     # data_pipeline.config.DataConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model.to_dict(),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "parallel": dataclasses.asdict(self.parallel),
+            "curriculum": dataclasses.asdict(self.curriculum),
+        }
+
+    def config_hash(self) -> str:
+        """Short stable hash of the resolved config (recorded in checkpoints)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write the resolved config into the run directory (temp file + rename)."""
+        import os
+
+        import yaml
+
+        path = Path(run_dir) / RESOLVED_CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+
+# ---------------------------------------------------------------------------------- loading
+def load_run_config(path: str | Path, overrides: Optional[List[str]] = None) -> RunConfig:
+    """Read a run config YAML, inline `model.base`, apply `a.b=c` overrides, validate."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train/parallel/curriculum")
+    raw = _inline_model_base(raw, path.parent)
+    for override in overrides or []:
+        apply_override(raw, override)
+    raw = _inline_model_base(raw, path.parent)  # an override may name another base
+    return run_config_from_dict(raw, source=str(path))
+
+
+def run_config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    """Validate a plain mapping (e.g. a saved resolved config) into a RunConfig."""
+    from data_pipeline.config import DataConfig
+    from modeling import ModelConfig
+
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}; known top-level keys: {sorted(known)}")
+    for key in ("model", "data"):
+        if not isinstance(raw.get(key), dict):
+            raise ConfigError(f"{source}: section {key!r} is missing or not a mapping")
+    model_values = _typed(ModelConfig, raw["model"], "model")
+    data_values = _typed(DataConfig, raw["data"], "data")
+    try:
+        model = ModelConfig.from_dict(model_values)
+    except Exception as error:
+        if getattr(error, "user_facing", False) or isinstance(error, (ValueError, TypeError)):
+            raise ConfigError(f"{source}: model: {error}") from None
+        raise
+    try:
+        data = DataConfig.from_dict(data_values).validate()
+    except Exception as error:
+        if getattr(error, "user_facing", False) or isinstance(error, (ValueError, TypeError)):
+            raise ConfigError(f"{source}: {error}") from None
+        raise
+    cfg = RunConfig(
+        model=model,
+        data=data,
+        train=TrainConfig(**_typed(TrainConfig, raw.get("train") or {}, "train")),
+        parallel=ParallelConfig(**_typed(ParallelConfig, raw.get("parallel") or {}, "parallel")),
+        curriculum=CurriculumConfig(**_typed(CurriculumConfig, raw.get("curriculum") or {}, "curriculum")),
+    )
+    validate_run_config(cfg, source)
+    return cfg
+
+
+def validate_run_config(cfg: RunConfig, source: str = "config") -> None:
+    """Checks that need more than one field (the curriculum's constant tokens per step: curriculum.py)."""
+    from pretrain.curriculum import validate_stages
+
+    t = cfg.train
+
+    def bad(key: str, hint: str):
+        raise ConfigError(f"{source}: {key}={_lookup(cfg, key)!r}: {hint}")
+
+    if t.schedule not in SCHEDULES:
+        bad("train.schedule", f"choose one of {', '.join(SCHEDULES)}")
+    if t.dtype not in DTYPES:
+        bad("train.dtype", f"choose one of {', '.join(DTYPES)}")
+    if t.zero_stage not in (0, 1, 2, 3):
+        bad("train.zero_stage", "choose 0, 1, 2 or 3")
+    if t.lr <= 0:
+        bad("train.lr", "must be > 0")
+    if not 0 <= t.min_lr <= t.lr:
+        bad("train.min_lr", "must be in [0, train.lr]")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        bad("train.betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
+    if not 0 < t.decay_fraction <= 1:
+        bad("train.decay_fraction", "must be in (0, 1]")
+    for key in ("warmup_tokens", "checkpoint_every", "eval_every", "eval_batches", "weight_decay", "grad_clip"):
+        if getattr(t, key) < 0:
+            bad(f"train.{key}", "must be >= 0")
+    for key in ("grad_accum", "keep_checkpoints", "log_every"):
+        if getattr(t, key) < 1:
+            bad(f"train.{key}", "must be >= 1")
+    if t.max_steps is not None and t.max_steps < 1:
+        bad("train.max_steps", "must be >= 1 or null")
+    if not t.out_dir:
+        bad("train.out_dir", "set the run directory")
+    if cfg.parallel.context_parallel_size < 1:
+        bad("parallel.context_parallel_size", "must be >= 1")
+    validate_stages(cfg.curriculum.stages, t.grad_accum, cfg.parallel.context_parallel_size, source)
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+# -------------------------------------------------------------------------- model base file
+def _inline_model_base(raw: dict, config_dir: Path) -> dict:
+    model = raw.get("model")
+    if not isinstance(model, dict) or "base" not in model:
+        return raw
+    import yaml
+
+    base_name = model["base"]
+    if not isinstance(base_name, str):
+        raise ConfigError(f"model.base: expected a path string, got {base_name!r}")
+    candidates = [config_dir / base_name, *(parent / base_name for parent in config_dir.resolve().parents)]
+    base_path = next((c for c in candidates if c.is_file()), None)
+    if base_path is None:
+        raise ConfigError(f"model.base={base_name!r}: not found next to {config_dir} or in a parent folder; "
+                          "give a path relative to the config file (e.g. models/protein_tiny.yaml)")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{base_path}: expected a mapping of model config fields")
+    base = base.get("model", base) if isinstance(base.get("model"), dict) else base
+    merged = {**base, **{k: v for k, v in model.items() if k != "base"}}
+    return {**raw, "model": merged}
+
+
+# ------------------------------------------------------------------------------- overrides
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `a.b.c=value` to a nested mapping; list items are addressed by index."""
+    import yaml
+
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key.sub=value (e.g. train.lr=3e-4)")
+    dotted, text = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r}: empty key part in {dotted!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(part, node, where)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {override!r}: {where} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(last, node, dotted)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(part: str, node: list, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override key {where}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+# ----------------------------------------------------------------------- typed validation
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _typed(cls: type, values: Any, prefix: str) -> dict:
+    """Check `values` against dataclass `cls`'s annotations; returns kwargs for cls(**kwargs).
+
+    Unknown keys and wrong types raise ConfigError naming the full dotted key. Ints are
+    accepted for floats; numeric strings like '3e-4' are accepted for floats because YAML 1.1
+    (PyYAML) reads exponent notation without a dot as a string.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {_show(values)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{prefix}.{key}: unknown key; known keys of {prefix}: {', '.join(names)}")
+        out[key] = _check(hints[key], value, f"{prefix}.{key}")
+    return out
+
+
+def _check(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, key) if len(inner) == 1 else value
+    if hint is Any:
+        return value
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+        return [_check(args[0] if args else Any, item, f"{key}.{i}") for i, item in enumerate(value)]
+    if origin in (tuple, typing.Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+        item_hint = args[0] if args else Any
+        return tuple(_check(item_hint, item, f"{key}.{i}") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return hint(**_typed(hint, value, key))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool (true/false), got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            # token budgets written in exponent form: 7.9e9 (float) or 1e9 (a string in YAML 1.1)
+            if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+                value = float(value)
+            if isinstance(value, float) and value.is_integer() and abs(value) >= 1e3:
+                return int(value)
+            raise ConfigError(f"{key}: expected int, got {_show(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected float, got {_show(value)}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)
+        raise ConfigError(f"{key}: expected float, got {_show(value)}")
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {_show(value)}")
+        return value
+    return value
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__

@@ -1,0 +1,227 @@
+"""`bioxlstm train`: the training loop. Setup, loop, checkpoint, log; helpers live beside it.
+
+Exit codes (`main` and `TrainingResult.exit_code`):
+    0   EXIT_OK         the curriculum (or train.max_steps) is done; final checkpoint written
+    75  EXIT_PREEMPTED  stopped on SIGTERM/SIGUSR1/request_stop() after writing a checkpoint;
+                        start the same command again (same out_dir) to continue
+User-facing errors (bad config, damaged or incompatible checkpoint) are raised as exceptions
+with `user_facing = True`; the `bioxlstm` CLI prints them as one line and exits with 2.
+
+Loss and gradient scaling. Each optimizer step takes grad_accum micro-batches per rank. Every
+rank counts its loss tokens over all of them, the counts are summed over the data x context
+group, and each micro-batch backpropagates (summed token loss) x divisor / global count
+(`ParallelContext.loss_scale`), so DeepSpeed's reduction gives the gradient of the true mean
+token loss of the whole global batch, for any DP x CP layout and any ZeRO stage.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+EXIT_OK = 0
+EXIT_PREEMPTED = 75
+
+
+@dataclass
+class TrainingResult:
+    status: str                      # "completed" | "preempted"
+    step: int
+    tokens: int
+    stage: int
+    val_loss: Optional[float]
+    run_dir: Path
+    checkpoint: Optional[Path]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PREEMPTED if self.status == "preempted" else EXIT_OK
+
+
+def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int] = None) -> TrainingResult:
+    """Train `cfg` (a RunConfig) to the end of its curriculum, resuming from `latest` if present.
+
+    `fork_from` starts a new run from another run's checkpoint (weights, optimizer state);
+    with `fork_stage=k` it starts at the beginning of stage k with a fresh loader, otherwise at
+    the exact position of that checkpoint. Ignored when this run has a checkpoint of its own.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    os.environ.setdefault("LOCAL_RANK", "0")            # DeepSpeed asserts it; unset in a single process
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
+
+    from data_pipeline.loader import build_loader
+    from modeling import build_model, flops_per_token
+    from pretrain import preemption
+    from pretrain.checkpoint import CheckpointManager, read_latest_tag
+    from pretrain.curriculum import Curriculum
+    from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
+    from pretrain.metrics import MetricsLogger, SampleRecorder
+    from pretrain.parallel import initialize_parallel
+    from pretrain.resume import restore_run_position
+    from pretrain.schedule import learning_rate
+    from pretrain.train_state import TrainState
+    from pretrain.validation import validation_loss
+
+    # ---------------------------------------------------------------- setup
+    signal_handlers = preemption.install_signal_handlers()
+    parallel = initialize_parallel(cfg.parallel.context_parallel_size)
+    run_dir = Path(cfg.train.out_dir)
+    torch.manual_seed(cfg.train.seed)
+    curriculum = Curriculum(cfg.curriculum.stages, cfg.train.grad_accum, parallel.dp_size)
+    first = curriculum.stages[0]
+    engine, ds_config = build_engine(build_model(cfg.model), cfg.train, parallel,
+                                     first.micro_batch_size, first.grad_accum)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", parallel.rank, cfg.train.keep_checkpoints)
+    state = TrainState(rank=parallel.rank, world_size=parallel.world_size, config_hash=cfg.config_hash(),
+                       model_config=cfg.model.to_dict())
+    restore_run_position(state, engine, checkpoints, curriculum, read_latest_tag(checkpoints.root),
+                         fork_from, fork_stage)
+    if parallel.rank == 0:
+        cfg.save(run_dir)      # after the checkpoint was accepted: a refused config overwrites nothing
+    last_step = curriculum.total_steps if cfg.train.max_steps is None else min(curriculum.total_steps,
+                                                                               cfg.train.max_steps)
+    metrics = MetricsLogger(run_dir, parallel.rank, cfg.train.tensorboard, state.step, None,
+                            cfg.train.peak_tflops, parallel.world_size)
+    samples = SampleRecorder(run_dir, parallel.rank, cfg.train.record_samples, state.step)
+    cp_group = parallel.cp_group if parallel.cp_size > 1 else None
+    bar = tqdm(total=last_step, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=parallel.rank != 0 or not cfg.train.progress)
+    plan, loader, batches, stopped = None, None, None, False
+
+    # ---------------------------------------------------------------- loop
+    engine.train()
+    metrics.throughput(state.tokens)                      # start the tokens/s clock
+    while state.step < last_step:
+        if plan is None or curriculum.stage_at(state.step).index != plan.index:
+            plan = curriculum.stage_at(state.step)      # enter a stage: new context length
+            loader = build_loader(cfg.data, "train", plan.context_len, plan.micro_batch_size,
+                                  parallel.dp_rank, parallel.dp_size, seed=cfg.train.seed + plan.index)
+            if state.loader_state is not None and state.stage == plan.index:
+                loader.load_state_dict(state.loader_state)
+            state.stage, batches = plan.index, iter(loader)
+            set_stage_batch(engine, plan.micro_batch_size, plan.grad_accum, parallel.dp_size)
+            metrics.set_flops_per_token(flops_per_token(cfg.model, plan.context_len))
+
+        lr = learning_rate(state.tokens, curriculum.total_tokens, cfg.train)
+        set_learning_rate(engine, lr)
+        micro_batches, step_keys = [], []
+        for _ in range(plan.grad_accum):
+            micro_batches.append({k: parallel.split_sequence(v) for k, v in next(batches).items()})
+            step_keys.extend(loader.last_batch_keys)
+        local_tokens = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+        global_tokens = parallel.global_token_count(local_tokens)
+        scale = parallel.loss_scale(global_tokens, ds_config)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for index, batch in enumerate(micro_batches):
+            engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
+            device = engine.device
+            logits = engine(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                            cp_group=cp_group)
+            loss = summed_token_loss(logits, batch["labels"].to(device))
+            engine.backward(loss * scale, scale_wrt_gas=False)
+            loss_sum += loss.detach().double().cpu()
+        engine.step()
+        state.step += 1
+        state.tokens += curriculum.tokens_per_step
+        state.loader_state = loader.state_dict()
+        samples.record(state.step, plan.index, step_keys)
+
+        # ------------------------------------------------------------ log
+        train_loss = _global_sum(loss_sum, parallel) / global_tokens
+        grad_norm = engine.get_global_grad_norm()
+        record = {"loss": train_loss, "lr": lr, "tokens": state.tokens, "stage": plan.index,
+                  "context_len": plan.context_len, "loss_tokens": global_tokens,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        at_log_step = state.step % cfg.train.log_every == 0 or state.step == last_step
+        if at_log_step:
+            record.update(metrics.throughput(state.tokens))
+        metrics.log("train", state.step, record, to_tensorboard=at_log_step)
+        bar.update(1)
+        if at_log_step:
+            bar.set_postfix(stage=plan.index, ctx=plan.context_len, loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
+                            tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+
+        # ------------------------------------------------------------ stop, validate, checkpoint
+        stopped = _any_rank(preemption.stop_requested(), dist)
+        done = state.step == last_step
+        if not stopped and (done or (cfg.train.eval_every and state.step % cfg.train.eval_every == 0)):
+            state.last_val_loss = validation_loss(engine, cfg, plan, parallel, cfg.train.eval_batches, cp_group)
+            metrics.log("val", state.step, {"loss": state.last_val_loss, "tokens": state.tokens,
+                                            "stage": plan.index})
+            if parallel.rank == 0 and cfg.train.progress:
+                bar.write(f"step {state.step}: validation loss {state.last_val_loss:.4f} "
+                          f"(stage {plan.index}, context {plan.context_len})")
+        every = cfg.train.checkpoint_every
+        if stopped or done or (every and state.step % every == 0):
+            checkpoints.save(engine, state, {"step": state.step, "tokens": state.tokens, "stage": plan.index,
+                                             "config_hash": state.config_hash, "world_size": parallel.world_size,
+                                             "last_val_loss": state.last_val_loss})
+        if stopped:
+            break
+
+    bar.close()
+    metrics.close()
+    preemption.restore_signal_handlers(signal_handlers)
+    preemption.clear_stop()
+    latest_tag = read_latest_tag(checkpoints.root)
+    latest = checkpoints.root / latest_tag if latest_tag else None
+    return TrainingResult("preempted" if stopped else "completed", state.step, state.tokens, state.stage,
+                          state.last_val_loss, run_dir, latest)
+
+
+def _global_sum(value, parallel) -> float:
+    import torch.distributed as dist
+
+    total = value.clone().reshape(1)
+    if parallel.world_size > 1:
+        dist.all_reduce(total, group=parallel.dp_cp_group)
+    return float(total.item())
+
+
+def _any_rank(flag: bool, dist) -> bool:
+    """One rank asked to stop = every rank stops at this step (they must checkpoint together)."""
+    import torch
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry of `bioxlstm train` and of launcher workers; reads RANK/WORLD_SIZE/... when set."""
+    from pretrain.cli import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="bioxlstm train", description=add_train_arguments.__doc__)
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def run_from_args(args) -> int:
+    from pretrain.config import load_run_config
+
+    cfg = load_run_config(args.config, list(args.overrides))
+    result = run_training(cfg, fork_from=args.from_checkpoint, fork_stage=args.stage)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        sys.exit(main())
+    except Exception as error:  # noqa: BLE001 - user-facing errors are one line
+        if getattr(error, "user_facing", False):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -1,0 +1,104 @@
+"""RunConfig: YAML loading with a model base file, `a.b=c` overrides, strict validation, round trip."""
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pretrain.config import RESOLVED_CONFIG_NAME, load_run_config, run_config_from_dict
+from pretrain.errors import ConfigError
+
+MODEL_BASE = {"vocab_size": 38, "d_model": 32, "num_blocks": 2, "num_heads": 2}
+
+
+def write_configs(tmp_path: Path, run_text: str) -> Path:
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "tiny.yaml").write_text(yaml.safe_dump(MODEL_BASE))
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    path = tmp_path / "runs" / "run.yaml"
+    path.write_text(textwrap.dedent(run_text))
+    return path
+
+
+RUN = """
+model:
+  base: models/tiny.yaml
+  num_blocks: 3
+data:
+  modality: protein
+  shards: /data/protein
+train:
+  out_dir: /runs/x
+  lr: 3e-4
+  zero_stage: 2
+curriculum:
+  stages:
+    - {context_len: 256, micro_batch_size: 4, tokens: 1e6}
+    - {context_len: 512, micro_batch_size: 2, tokens: 2000000}
+"""
+
+
+def test_base_file_is_inlined_and_fields_override_it(tmp_path):
+    cfg = load_run_config(write_configs(tmp_path, RUN))
+    assert cfg.model.d_model == 32 and cfg.model.num_blocks == 3 and cfg.model.vocab_size == 38
+    assert cfg.train.lr == pytest.approx(3e-4)          # YAML 1.1 reads 3e-4 as a string
+    assert cfg.curriculum.stages[0].tokens == 1_000_000
+    assert cfg.train.zero_stage == 2 and cfg.train.grad_accum == 1  # default from the dataclass
+
+
+def test_command_line_overrides_parse_yaml_values(tmp_path):
+    cfg = load_run_config(write_configs(tmp_path, RUN), [
+        "train.lr=0.002", "train.betas=[0.8, 0.99]", "model.d_model=64", "curriculum.stages.1.tokens=3000",
+        "train.activation_checkpointing=true", "train.max_steps=null", "parallel.context_parallel_size=2"])
+    assert cfg.train.lr == 0.002 and cfg.train.betas == [0.8, 0.99]
+    assert cfg.model.d_model == 64 and cfg.curriculum.stages[1].tokens == 3000
+    assert cfg.train.activation_checkpointing is True and cfg.train.max_steps is None
+    assert cfg.parallel.context_parallel_size == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr: expected float, got 'abc'"),
+    ("train.zero_stage=two", "train.zero_stage: expected int, got 'two'"),
+    ("train.lrr=0.1", "train.lrr: unknown key"),
+    ("train.tensorboard=3", "train.tensorboard: expected bool"),
+    ("curriculum.stages.0.context_len=1.5", "curriculum.stages.0.context_len: expected int, got 1.5"),
+    ("curriculum.stages.0.ctx=8", "curriculum.stages.0.ctx: unknown key"),
+    ("curriculum.stages.5.tokens=8", "curriculum.stages.5"),
+    ("train.zero_stage=4", "train.zero_stage=4"),
+    ("data.modality=rna", "data.modality='rna'"),
+    ("model.d_model=x", "model: "),
+    ("model.not_a_field=1", "not_a_field"),
+    ("bogus.key=1", "unknown key 'bogus'"),
+    ("train.lr", "expected key.sub=value"),
+])
+def test_bad_values_name_the_full_dotted_key(tmp_path, override, message):
+    with pytest.raises(ConfigError) as error:
+        load_run_config(write_configs(tmp_path, RUN), [override])
+    assert message in str(error.value)
+    assert error.value.user_facing is True
+
+
+def test_tokens_per_step_must_stay_constant_across_stages(tmp_path):
+    with pytest.raises(ConfigError, match=r"curriculum.stages.1: .*4096 tokens per step .* stage 0 has 1024"):
+        load_run_config(write_configs(tmp_path, RUN), ["curriculum.stages.1.micro_batch_size=8"])
+    # a stage may keep tokens per step constant through grad_accum instead of the micro-batch
+    cfg = load_run_config(write_configs(tmp_path, RUN), ["curriculum.stages.1.micro_batch_size=1",
+                                                         "curriculum.stages.1.grad_accum=2"])
+    assert cfg.curriculum.stages[1].grad_accum == 2
+
+
+def test_missing_base_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.base='models/none.yaml': not found"):
+        load_run_config(write_configs(tmp_path, RUN.replace("models/tiny.yaml", "models/none.yaml")))
+
+
+def test_resolved_config_round_trips_through_the_saved_yaml(tmp_path):
+    cfg = load_run_config(write_configs(tmp_path, RUN), ["train.weight_decay=0.05"])
+    saved = cfg.save(tmp_path / "run")
+    assert saved.name == RESOLVED_CONFIG_NAME
+    again = run_config_from_dict(yaml.safe_load(saved.read_text()))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert again.config_hash() == cfg.config_hash()
+    assert "base" not in yaml.safe_load(saved.read_text())["model"]   # stands alone
+    changed = run_config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "lr": 1e-3}})
+    assert changed.config_hash() != cfg.config_hash()

@@ -1,0 +1,77 @@
+"""Start `python -m pretrain.train` as N real ranks (RANK/WORLD_SIZE/MASTER_ADDR/PORT env, gloo).
+
+Used by the resume tests: they need real processes that can be killed with SIGTERM or crash
+while writing a checkpoint, and fresh processes to resume in.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") -> list:
+    """Popen one process per rank. `preamble` is python run before the trainer (test hooks)."""
+    port = free_port()
+    code = (f"{preamble}\nimport sys\nimport pretrain.train\nmain = pretrain.train.main\n"
+            f"sys.exit(main({list(map(str, argv))!r}))")
+    procs = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO),
+               "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+        log = open(log_dir / f"rank{rank}.log", "ab")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(log_dir),
+                                      stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_all(procs: list, log_dir: Path, timeout: float = TIMEOUT_S) -> list:
+    """Exit codes; when one rank dies the others (stuck in a collective) are killed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return codes
+        if any(c not in (None, 0, 75) for c in codes):
+            time.sleep(2)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            return [p.wait() for p in procs]
+        time.sleep(0.2)
+    for p in procs:
+        p.kill()
+    raise AssertionError(f"ranks did not finish in {timeout}s; logs in {log_dir}:\n{read_logs(log_dir)}")
+
+
+def run_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") -> list:
+    return wait_all(start_ranks(world_size, argv, log_dir, preamble), log_dir)
+
+
+def sigterm_when(procs: list, condition, timeout: float = TIMEOUT_S) -> None:
+    """Send SIGTERM to every rank (as SLURM does on preemption) once `condition()` holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition():
+        if any(p.poll() is not None for p in procs):
+            return
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+
+
+def read_logs(log_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(log_dir.glob("*.log")))
