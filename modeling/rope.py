@@ -5,10 +5,11 @@ import torch
 
 
 def rope_angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
-    """positions (...) -> angles (..., dim // 2) in fp32: pos * theta^(-2j/dim)."""
+    """positions (...) -> angles (..., dim // 2): pos * theta^(-2j/dim), in float64 because fp32
+    angles lose ~1e-4 rad at positions in the thousands (the tables are small)."""
     j = torch.arange(dim // 2, device=positions.device, dtype=torch.float64)
-    inv_freq = (theta ** (-2.0 * j / dim)).to(torch.float32)
-    return positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    inv_freq = theta ** (-2.0 * j / dim)
+    return positions.to(torch.float64).unsqueeze(-1) * inv_freq
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
