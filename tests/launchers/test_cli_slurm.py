@@ -1,41 +1,13 @@
 """`bioxlstm launch slurm` end to end on the command line: dry run, submission, one-line errors."""
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 import yaml
 
-from fake_slurm import read_calls
-from launchers.main import main
 from submitit.core.utils import DelayedSubmission
 
-RUN = """
-model:
-  base: {model_base}
-data:
-  modality: protein
-  shards: {shards}
-train:
-  out_dir: {out_dir}
-  lr: 6e-4
-curriculum:
-  stages:
-    - {{context_len: 256, micro_batch_size: 4, tokens: 1e6}}
-    - {{context_len: 512, micro_batch_size: 2, tokens: 2e6}}
-    - {{context_len: 1024, micro_batch_size: 1, tokens: 4e6}}
-"""
-
-
-@pytest.fixture
-def run_config(tmp_path):
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "tiny.yaml").write_text(yaml.safe_dump(
-        {"vocab_size": 38, "d_model": 32, "num_blocks": 2, "num_heads": 2}))
-    path = tmp_path / "run.yaml"
-    path.write_text(textwrap.dedent(RUN.format(model_base="models/tiny.yaml", shards=tmp_path / "shards",
-                                               out_dir=tmp_path / "runs" / "prot")))
-    return path
+from fake_slurm import read_calls
+from launchers.main import main
 
 
 def test_dry_run_prints_scripts_and_resolved_config_and_submits_nothing(fake_slurm, run_config, tmp_path, capsys):
