@@ -210,54 +210,12 @@ def consolidated_state_dict(checkpoint_dir: Path) -> dict:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         try:
-            replicas = _replicated_zero3_partitions(checkpoint_dir) if stage == 3 else None
-            if replicas is not None:
-                state = replicas
-            else:
-                state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
-        except ExportError:
-            raise
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
         except Exception as err:  # missing shards, world-size mismatch, truncated files
             raise ExportError(f"{checkpoint_dir}: cannot consolidate the ZeRO-{stage} shards "
                               f"({type(err).__name__}: {err}); the checkpoint is corrupt or "
                               "incomplete: export an earlier checkpoint") from None
     return {_unwrapped_name(name): tensor.detach().contiguous() for name, tensor in state.items()}
-
-
-def _replicated_zero3_partitions(checkpoint_dir: Path) -> dict | None:
-    """Full fp32 weights when every ZeRO-3 rank holds the whole flat parameter group, else None.
-
-    DeepSpeed 0.19 ZeRO-3 given a context-parallel mpu partitions over the data-parallel group
-    only, so with DP = 1 each CP rank stores all parameters while the metadata still claims
-    DP x CP partitions, and `zero_to_fp32` fails ("consumed N numels out of 2N"). The copies
-    must agree; if they do not, the ranks trained apart and no export is right.
-    """
-    import torch
-
-    model_file = sorted(checkpoint_dir.glob("*model_states.pt"))[0]
-    param_shapes = torch.load(model_file, map_location="cpu", weights_only=False)["param_shapes"]
-    shapes = [(name, shape) for group in param_shapes for name, shape in group.items()]
-    total = sum(int(torch.Size(shape).numel()) for _, shape in shapes)
-    flats = []
-    for optim_file in _deepspeed_optim_files(checkpoint_dir):
-        groups = torch.load(optim_file, map_location="cpu", weights_only=False)["optimizer_state_dict"]["fp32_flat_groups"]
-        flat = torch.cat([g.flatten() for g in groups])
-        if flat.numel() < total:
-            return None               # properly partitioned: DeepSpeed's merge handles it
-        flats.append(flat[:total])
-    for rank, flat in enumerate(flats[1:], start=1):
-        if not torch.equal(flat, flats[0]):
-            raise ExportError(f"{checkpoint_dir}: ZeRO-3 ranks 0 and {rank} each hold a full copy of the "
-                              "weights and the copies differ: the run's ranks did not stay in sync "
-                              "(DeepSpeed ZeRO-3 with context parallelism reduces over data-parallel "
-                              "ranks only); no single model to export. Train with ZeRO stage <= 2 "
-                              "when context_parallel_size > 1")
-    state, offset = {}, 0
-    for name, shape in shapes:
-        numel = int(torch.Size(shape).numel())
-        state[name] = flats[0][offset: offset + numel].view(shape).clone()
-        offset += numel
-    return state
 
 
 def _unwrapped_name(name: str) -> str:

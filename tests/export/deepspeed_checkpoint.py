@@ -38,8 +38,7 @@ def _save_through_checkpoint_manager(engine, rank, world_size, model_config, run
     CheckpointManager(os.path.join(run_dir, "checkpoints"), rank, keep=2).save(engine, state, {"config_hash": "feedc0ffee"})
 
 
-def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, bf16, partition_over_cp,
-                    with_train_state):
+def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size, with_train_state):
     import deepspeed
 
     from modeling import ModelConfig, build_model
@@ -53,7 +52,6 @@ def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": 1.0,
         "steps_per_print": 10**6,
-        "bf16": {"enabled": bf16},
     }
     kwargs = {}
     if cp_size > 1:
@@ -61,8 +59,7 @@ def _train_and_save(rank, world_size, model_config, run_dir, zero_stage, cp_size
 
         context = initialize_parallel(cp_size)
         kwargs["mpu"] = context.mpu
-        if partition_over_cp:
-            model = context.prepare_model_for_deepspeed(model, config)
+        model = context.prepare_model_for_deepspeed(model, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2, betas=(0.9, 0.95), weight_decay=0.1)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, **kwargs)
     vocab = model_config["vocab_size"]
@@ -100,14 +97,11 @@ def _entry(rank, world_size, workdir, args):
 
 
 def write_checkpoint(run_dir, model_config: dict, zero_stage: int, world_size: int = 2,
-                     cp_size: int = 1, bf16: bool = False, partition_over_cp: bool = True,
-                     with_train_state: bool = False) -> torch.Tensor:
-    """Train and save; returns rank 0's probe logits (B, S, V) fp32. `partition_over_cp=False`
-    skips `ParallelContext.prepare_model_for_deepspeed` (raw DeepSpeed ZeRO-3 under a CP mpu).
-    `with_train_state` saves through pretrain.checkpoint.CheckpointManager with a TrainState, as
+                     cp_size: int = 1, with_train_state: bool = False) -> torch.Tensor:
+    """Train and save; returns rank 0's probe logits (B, S, V) fp32. `with_train_state` saves through pretrain.checkpoint.CheckpointManager with a TrainState, as
     the trainer does; otherwise plain `engine.save_checkpoint` (tag step_3)."""
     with tempfile.TemporaryDirectory() as workdir:
-        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, bf16, partition_over_cp, with_train_state)),
+        mp.start_processes(_entry, args=(world_size, workdir, (model_config, str(run_dir), zero_stage, cp_size, with_train_state)),
                            nprocs=world_size, join=True, start_method="spawn")
         with open(os.path.join(workdir, "rank0.pkl"), "rb") as fh:
             return pickle.load(fh)

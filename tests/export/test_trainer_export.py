@@ -71,7 +71,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     shards = build_demo_shards(root / "shards", "protein")
     config = {
-        "model": {"base": "models/protein_tiny.yaml"},
+        "model": {**yaml.safe_load((REPO / "configs" / "models" / "protein_tiny.yaml").read_text()), "num_blocks": 2},
         "data": {"modality": "protein", "shards": str(shards), "num_workers": 1},
         "train": {"out_dir": str(root / "run"), "zero_stage": 2, "dtype": "fp32", "lr": 3e-3,
                   "checkpoint_every": 0, "eval_every": 0, "eval_batches": EVAL_BATCHES, "tensorboard": False,
@@ -81,12 +81,9 @@ def trained_run(tmp_path_factory):
             {"context_len": FINAL_CONTEXT, "micro_batch_size": FINAL_MICRO_BATCH, "tokens": 2 * 64 * WORLD_SIZE},
         ]},
     }
-    config_path = REPO / "configs" / f".export_test_{os.getpid()}.yaml"   # model.base resolves from configs/
+    config_path = root / "run_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    try:
-        _train(config_path, root)
-    finally:
-        config_path.unlink()
+    _train(config_path, root)
     return root / "run", shards
 
 
