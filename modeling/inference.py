@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from data_pipeline.tokenizers import load_tokenizer
+from data_pipeline.tokenizers import SMILES_SPECIALS, load_tokenizer
 from modeling.errors import ModelingError
 from data_pipeline.formatters import protein_fim_sequence
 from modeling.sampling import RecurrentSession, SamplingSettings, StepTrace, generate_recurrent
@@ -237,6 +237,10 @@ class BioXLSTM:
             raise InferenceError(str(err)) from None
 
     def _special_ids(self) -> list[int]:
+        """Ids that are not sequence content (never sampled unless they are a stop token).
+        SMILES bracket atoms such as `[C@@H]` are content; only the named specials are not."""
+        if self.modality == "molecules":
+            return [self.tokenizer.token_id(t) for t in SMILES_SPECIALS]
         return [i for i, token in enumerate(self.tokenizer.vocab)
                 if len(token) > 1 and token[0] in "<[" and token[-1] in ">]"]
 
@@ -259,16 +263,38 @@ class BioXLSTM:
                                    keep_logits=keep_logits)
 
     def _generate_from(self, prompt_ids, keep_from, max_new_tokens, settings, seed, stop_tokens,
-                       allowed_specials=(), keep_logits=False) -> Generation:
+                       keep_logits=False) -> Generation:
         stop_ids = [self.tokenizer.token_id(t) for t in stop_tokens]
-        allowed = set(stop_ids) | {self.tokenizer.token_id(t) for t in allowed_specials}
-        banned = [i for i in self._special_ids() if i not in allowed]
+        banned = [i for i in self._special_ids() if i not in stop_ids]
         generator = self._generator(seed)
         trace = generate_recurrent(
             self.model, prompt_ids, max_new_tokens, settings, generator,
             prompt_positions=self._positions(prompt_ids), next_position=self._next_position,
             stop_ids=stop_ids, banned_ids=banned, keep_logits=keep_logits, device=self.device)
         return self._to_generation(prompt_ids[keep_from:], trace)
+
+    def _sample_many(self, context_ids: list[int], count: int, max_new_tokens: int, settings,
+                     seed: int | None, stop_tokens: list[str]) -> list[str]:
+        """`count` continuations of one context: the context is fed once and its state forked,
+        so a long homolog or domain context costs one pass, not one per sample."""
+        stop_ids = [self.tokenizer.token_id(t) for t in stop_tokens]
+        banned = [i for i in self._special_ids() if i not in stop_ids]
+        primed = RecurrentSession(self.model, self.device)
+        positions = self._positions(context_ids)
+        primed.feed_all(context_ids, positions)
+        results = []
+        for n in range(count):
+            session = primed.fork()
+            last = [positions[-1]]
+
+            def position_of(k: int, token: int) -> int:
+                last[0] = self._next_position(last[0], token)
+                return last[0]
+
+            trace = session.sample(max_new_tokens, settings, self._generator(None if seed is None else seed + n),
+                                   position_of, stop_ids, banned)
+            results.append(self._to_generation([], trace).text)
+        return results
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(device=self.device)
@@ -293,16 +319,9 @@ class BioXLSTM:
         training format of one cluster), then a fresh `<cls>` and sampling until the next one."""
         self._require_modality("protein", "generate_protein")
         self._require_causal("generate_protein")
-        context = self._homolog_context(homologs)
-        settings = self._settings(temperature, top_k, top_p)
-        results = []
-        for n in range(num_sequences):
-            prompt_ids = context + [self.tokenizer.cls_id]
-            run_seed = None if seed is None else seed + n
-            generation = self._generate_from(prompt_ids, len(prompt_ids), max_new_tokens, settings,
-                                             run_seed, ["<cls>", "<eos>"])
-            results.append(generation.text)
-        return results
+        context = self._homolog_context(homologs) + [self.tokenizer.cls_id]
+        return self._sample_many(context, num_sequences, max_new_tokens,
+                                 self._settings(temperature, top_k, top_p), seed, ["<cls>", "<eos>"])
 
     def _require_modality(self, modality: str, what: str) -> None:
         if self.modality != modality:
@@ -375,13 +394,8 @@ class BioXLSTM:
         context = list(self._start_ids())
         for n, smiles in enumerate(context_smiles):
             context += self._encode(smiles, f"context molecule {n}") + [tok.separator_id]
-        settings = self._settings(temperature, top_k, top_p)
-        generated = []
-        for n in range(num_molecules):
-            run_seed = None if seed is None else seed + n
-            generation = self._generate_from(context, len(context), max_new_tokens, settings, run_seed,
-                                             [".", "[END]"])
-            generated.append(generation.text)
+        generated = self._sample_many(context, num_molecules, max_new_tokens,
+                                      self._settings(temperature, top_k, top_p), seed, [".", "[END]"])
         reference = context_smiles if reference_smiles is None else reference_smiles
         return molecule_metrics(generated, reference)
 

@@ -76,6 +76,16 @@ def state_nbytes(state) -> int:
     return 0
 
 
+def _clone_state(state):
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {key: _clone_state(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_clone_state(value) for value in state)
+    return state
+
+
 @dataclass
 class StepTrace:
     """What one generation produced: the new tokens, the logits the model gave at every sampled
@@ -119,6 +129,14 @@ class RecurrentSession:
             raise ValueError(f"{len(positions)} positions for {len(tokens)} tokens")
         for token, position in zip(tokens, positions):
             self.feed(token, position)
+
+    def fork(self) -> "RecurrentSession":
+        """An independent copy: sampling from it leaves this session's state untouched."""
+        twin = RecurrentSession.__new__(RecurrentSession)
+        twin.model, twin.device, twin.fed = self.model, self.device, self.fed
+        twin.state = _clone_state(self.state)
+        twin.logits = None if self.logits is None else self.logits.clone()
+        return twin
 
     @property
     def state_bytes(self) -> int:

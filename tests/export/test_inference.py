@@ -186,3 +186,24 @@ def test_generation_needs_a_causal_model_and_the_right_modality():
         wrapped.infill([], "AC??GT")
     with pytest.raises(InferenceError, match="prompt"):
         wrapped.generate("", 5)
+
+
+def test_forked_context_state_samples_exactly_like_a_fresh_pass():
+    """generate_protein feeds the homologs once and forks the state per sample: each sample
+    must equal the one a fresh pass over the whole prompt gives with the same seed."""
+    wrapped = _wrapped("protein")
+    homologs = ["MKTAYIAK", "MKSAYLAKQ"]
+    forked = wrapped.generate_protein(homologs, num_sequences=3, max_new_tokens=12, seed=4)
+    context = wrapped._homolog_context(homologs) + [wrapped.tokenizer.cls_id]
+    from modeling.sampling import SamplingSettings
+
+    for n in range(3):
+        fresh = wrapped._generate_from(context, len(context), 12, SamplingSettings(), 4 + n, ["<cls>", "<eos>"])
+        assert forked[n] == fresh.text
+
+
+def test_smiles_bracket_atoms_are_content_not_special_tokens():
+    wrapped = _wrapped("molecules")
+    special = {wrapped.tokenizer.vocab[i] for i in wrapped._special_ids()}
+    assert special == {"[PAD]", "[BEG]", "[END]", "[UNK]"}
+    assert "[C@@H]" in wrapped.tokenizer.vocab
