@@ -87,3 +87,14 @@ def test_param_sharing_gradients_flow_to_shared_halves():
     model(dna_ids(2, 9)).square().mean().backward()
     assert model.embedding.half_weight.grad.abs().sum() > 0
     assert model.final_norm.half_weight.grad.abs().sum() > 0
+
+
+def test_context_parallel_refused_where_state_cannot_be_passed():
+    from modeling import ContextParallelError
+    from modeling.slstm_block import SLSTMBlock
+
+    with pytest.raises(ContextParallelError, match="slstm_positions"):
+        SLSTMBlock(tiny())(torch.randn(1, 4, 16), cp_group=object())
+    model = build_model(tiny(rc_mode="post_hoc", head="mlm", bidirectional="alternating"))
+    with pytest.raises(ContextParallelError, match="post_hoc"):
+        model(dna_ids(1, 8), cp_group=object())
