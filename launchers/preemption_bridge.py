@@ -37,14 +37,15 @@ class PreemptionBridge:
         self.received = signum
         self._request_stop()
 
-    def hand_over(self, stopped_for_preemption: bool = False) -> None:
-        """Run the handler that was there before ours (submitit's checkpoint-and-requeue).
+    def hand_over(self, stopped_for_preemption: bool) -> None:
+        """Give the signal back to the handler that was there before ours (submitit's).
 
-        Called once the trainer has returned. `stopped_for_preemption` covers a stop caused by
-        another signal (SLURM sends SIGTERM first on preemption, which the trainer handles
-        itself): the job must be requeued all the same.
+        Called once the trainer has returned. Only a run that stopped early is requeued, through
+        that handler (checkpoint() then `scontrol requeue` on rank 0); the stop may also have come
+        from SIGTERM, which SLURM sends first on preemption and the trainer handles itself. A run
+        that completed although the signal arrived is not requeued.
         """
         handler = self.previous_handler
         signal.signal(self.signum, handler if handler is not None else signal.SIG_DFL)
-        if (self.received is not None or stopped_for_preemption) and callable(handler):
+        if stopped_for_preemption and callable(handler):
             handler(self.received or self.signum, None)
