@@ -6,7 +6,6 @@ SMILES files (one molecule per line, first column) and write FASTA, CSV or NPY.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -103,6 +102,12 @@ def read_sequences(path: str, modality: str) -> list[tuple[str, str]]:
     return records
 
 
+def _check_symbols(model, records: list[tuple[str, str]], path: str) -> None:
+    """Fail on the first unknown symbol naming the file and record, before any model work."""
+    for name, sequence in records:
+        model.tokenizer.encode(sequence, where=f"{path} record {name!r}")
+
+
 def _write_fasta(path: str, records: list[tuple[str, str]]) -> None:
     with open(path, "w") as fh:
         for name, sequence in records:
@@ -133,6 +138,7 @@ def _register_score(subparsers) -> None:
 def _run_score(args) -> int:
     model = _load(args)
     records = read_sequences(args.input, model.modality)
+    _check_symbols(model, records, args.input)
     with open(args.out, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["name", "num_tokens", "log_likelihood", "perplexity"])
@@ -165,6 +171,7 @@ def _run_embed(args) -> int:
 
     model = _load(args)
     records = read_sequences(args.input, model.modality)
+    _check_symbols(model, records, args.input)
     pooled, per_token = [], {}
     for name, sequence in _progress(records, "embedding"):
         embedding = model.embed([sequence])[0]
@@ -189,7 +196,8 @@ def _register_generate(subparsers) -> None:
                     "prints RDKit validity, uniqueness and novelty. Without --context: continue "
                     "--prompt (any modality).")
     _add_model_dir(parser)
-    parser.add_argument("--out", required=True, help="FASTA (DNA, protein) or SMILES/CSV (molecules) to write")
+    parser.add_argument("--out", required=True,
+                        help="FASTA to write; for molecules with --context a CSV smiles,valid,canonical")
     parser.add_argument("--context", default=None,
                         help="conditioning set: FASTA of homologs (protein) or SMILES of one domain")
     parser.add_argument("--prompt", default="", help="sequence start to continue (no --context)")
@@ -202,7 +210,11 @@ def _register_generate(subparsers) -> None:
 def _run_generate(args) -> int:
     model = _load(args)
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    context = [s for _, s in read_sequences(args.context, model.modality)] if args.context else None
+    context = None
+    if args.context:
+        records = read_sequences(args.context, model.modality)
+        _check_symbols(model, records, args.context)
+        context = [s for _, s in records]
     if context is not None and model.modality == "molecules":
         result = model.generate_molecules(context, args.num, args.max_new_tokens, seed=args.seed, **settings)
         with open(args.out, "w", newline="") as fh:

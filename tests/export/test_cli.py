@@ -67,7 +67,8 @@ def test_bad_input_is_one_user_facing_line(protein_export, tmp_path, capsys):
     bad.write_text(">x\nMKT1AY\n")
     assert main(["score", str(protein_export), str(bad), "--out", str(tmp_path / "s.csv")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "'1'" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "'1'" in err and "bad.fasta record 'x'" in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["score", str(tmp_path / "nothing"), str(bad), "--out", str(tmp_path / "s.csv")]) == 2
     assert "export directory" in capsys.readouterr().err
 
