@@ -10,6 +10,9 @@ from typing import Any, Mapping
 
 from launchers.errors import LaunchOptionError, OutputDirError, ParallelLayoutError
 
+# Keys that only say when to stop, not what is trained: chained stage jobs set train.max_steps.
+STOP_ONLY_KEYS = ("train.max_steps",)
+
 
 def check_partition(partition: str | None) -> str:
     if not partition:
@@ -68,7 +71,7 @@ def check_existing_run(saved_config_path: Path, resolved: Mapping[str, Any], res
     if resume or not saved_config_path.exists():
         return
     saved = yaml.safe_load(saved_config_path.read_text()) or {}
-    differing = differing_keys(saved, resolved)
+    differing = [key for key in differing_keys(saved, resolved) if key not in STOP_ONLY_KEYS]
     if differing:
         shown = ", ".join(differing[:8]) + (" ..." if len(differing) > 8 else "")
         raise OutputDirError(

@@ -20,6 +20,8 @@ from submitit.core import utils as submitit_utils
 from launchers.distributed_env import from_slurm
 from launchers.preemption_bridge import PreemptionBridge
 
+EXIT_USAGE = 2  # `bioxlstm train`: configuration or checkpoint error (pretrain/cli.py)
+
 
 class SlurmTrainingJob(submitit.helpers.Checkpointable):
     """Picklable callable: `train_argv` are the arguments of `bioxlstm train`."""
@@ -66,8 +68,9 @@ class SlurmTrainingJob(submitit.helpers.Checkpointable):
                 self._requeue_after_failure(distributed.rank, f"{type(error).__name__}: {error}")
             raise
         if code not in (0, EXIT_PREEMPTED):
-            self._requeue_after_failure(distributed.rank, f"trainer exit code {code}")
-            raise RuntimeError(f"trainer exited with code {code}; not requeued (max retries reached or rank > 0)")
+            if code != EXIT_USAGE:  # 2 = bad arguments or config: a retry fails the same way
+                self._requeue_after_failure(distributed.rank, f"trainer exit code {code}")
+            raise RuntimeError(f"trainer exited with code {code}; not requeued")
         # The trainer has checkpointed and returned: now submitit may requeue (rank 0) and exit.
         bridge.hand_over(stopped_for_preemption=code == EXIT_PREEMPTED)
         return code

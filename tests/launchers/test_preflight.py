@@ -63,6 +63,8 @@ def test_existing_run_with_different_config_needs_resume(tmp_path):
     path.write_text(yaml.safe_dump(saved))
     before = path.read_text()
     check_existing_run(path, saved, resume=False)               # same config: resume silently
+    stopped_early = {"train": {**saved["train"], "max_steps": 245}, "model": saved["model"]}
+    check_existing_run(path, stopped_early, resume=False)       # a stage job's stop point is not a change
     changed = {"train": {"lr": 1e-3, "out_dir": str(tmp_path)}, "model": {"d_model": 64, "heads": 2}}
     with pytest.raises(OutputDirError, match=r"model\.heads, train\.lr differ.*--resume"):
         check_existing_run(path, changed, resume=False)
