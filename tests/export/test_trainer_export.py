@@ -1,4 +1,4 @@
-"""End to end through the real trainer: `python -m pretrain.train` on 2 gloo ranks (ZeRO-2, a
+"""End to end through the real trainer: `python -m pretrain.train` on 2 gloo ranks (ZeRO-3, a
 2-stage curriculum, 4 steps, validation at the end) -> `bioxlstm export` -> a fresh interpreter
 without DeepSpeed/Megatron/WebDataset recomputes the run's final validation loss from the
 exported weights on the same validation batches. fp32: relative 1e-5 (the same weights; the
@@ -73,7 +73,7 @@ def trained_run(tmp_path_factory):
     config = {
         "model": {**yaml.safe_load((REPO / "configs" / "models" / "protein_tiny.yaml").read_text()), "num_blocks": 2},
         "data": {"modality": "protein", "shards": str(shards), "num_workers": 1},
-        "train": {"out_dir": str(root / "run"), "zero_stage": 2, "dtype": "fp32", "lr": 3e-3,
+        "train": {"out_dir": str(root / "run"), "zero_stage": 3, "dtype": "fp32", "lr": 3e-3,
                   "checkpoint_every": 0, "eval_every": 0, "eval_batches": EVAL_BATCHES, "tensorboard": False,
                   "progress": False, "log_every": 1},
         "curriculum": {"stages": [
