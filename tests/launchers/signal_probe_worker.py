@@ -28,6 +28,10 @@ for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
     signal.signal(signum, record)
 log.write_text("")
 if mode == "crash_rank1" and rank == 1:
+    # die once the other ranks are up (handlers installed), so the test sees them stopped
+    world = int(os.environ["WORLD_SIZE"])
+    while not all((log.parent / f"rank{other}.log").exists() for other in range(world)):
+        time.sleep(0.02)
     sys.exit(3)
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
