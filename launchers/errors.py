@@ -31,6 +31,3 @@ class HostlistError(LaunchError):
 class SlurmEnvironmentError(LaunchError):
     """A task was started outside SLURM or without the variables a distributed run needs."""
 
-
-class WorkerFailedError(LaunchError):
-    """A local worker process died; the launcher stopped the others."""
