@@ -72,6 +72,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
 
     # ---------------------------------------------------------------- setup
     signal_handlers = preemption.install_signal_handlers()
+    check_vocabulary(cfg)
     parallel = initialize_parallel(cfg.parallel.context_parallel_size)
     run_dir = Path(cfg.train.out_dir)
     torch.manual_seed(cfg.train.seed)
@@ -175,6 +176,18 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     latest = checkpoints.root / latest_tag if latest_tag else None
     return TrainingResult("preempted" if stopped else "completed", state.step, state.tokens, state.stage,
                           state.last_val_loss, run_dir, latest)
+
+
+def check_vocabulary(cfg) -> None:
+    """The shards' tokenizer must fit the model's embedding (else an IndexError deep in a step)."""
+    from data_pipeline.manifest import read_manifest
+    from data_pipeline.tokenizers import load_tokenizer
+    from pretrain.errors import ConfigError
+
+    vocab = load_tokenizer(read_manifest(Path(cfg.data.shards))["tokenizer"]).vocab_size
+    if cfg.model.vocab_size < vocab:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of the "
+                          f"tokenizer in {cfg.data.shards}/manifest.json ({vocab}); set model.vocab_size={vocab}")
 
 
 def _global_sum(value, parallel) -> float:
