@@ -102,3 +102,28 @@ def test_resolved_config_round_trips_through_the_saved_yaml(tmp_path):
     assert "base" not in yaml.safe_load(saved.read_text())["model"]   # stands alone
     changed = run_config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "lr": 1e-3}})
     assert changed.config_hash() != cfg.config_hash()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_run_config_loads_and_validates(path):
+    cfg = load_run_config(path)
+    assert cfg.curriculum.stages and cfg.model.to_dict()
+
+
+def test_prot_xlstm_102m_walks_2_11_to_2_18_at_constant_tokens_per_step():
+    """DESIGN.md section 8: transitions at 7.9, 13.8, 20.6, 29.7, 34.7, 45.9, 60.0 B tokens."""
+    from pretrain.curriculum import Curriculum
+
+    cfg = load_run_config(REPO / "configs" / "prot_xlstm_102m.yaml")
+    plan = Curriculum(cfg.curriculum.stages, cfg.train.grad_accum, dp_size=8)
+    assert [s.context_len for s in plan.stages] == [2 ** k for k in range(11, 19)]
+    assert plan.tokens_per_step == 2 ** 18 * 8
+    # each stage ends at the first step boundary at or after its budget: stage k starts late by
+    # less than one step per earlier stage
+    for k, expected in enumerate([7.9e9, 13.8e9, 20.6e9, 29.7e9, 34.7e9, 45.9e9, 60.0e9], start=1):
+        assert 0 <= plan.stages[k].start_tokens - expected < k * plan.tokens_per_step
+    assert cfg.train.lr == 6e-4 and cfg.train.betas == [0.9, 0.95] and cfg.train.schedule == "constant"
+    assert cfg.train.activation_checkpointing
