@@ -14,7 +14,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     2 a configuration or checkpoint error (message on stderr).
     """
     parser.add_argument("--config", required=True, metavar="YAML",
-                        help="run config, e.g. configs/protein_tiny.yaml")
+                        help="run config, e.g. configs/prot_xlstm_102m.yaml or configs/demo_protein.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides applied before validation, values parsed as YAML, "
                              "e.g. train.lr=3e-4 train.zero_stage=2 curriculum.stages.0.tokens=1e6")
