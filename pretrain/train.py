@@ -7,6 +7,10 @@ Exit codes (`main` and `TrainingResult.exit_code`):
 User-facing errors (bad config, damaged or incompatible checkpoint) are raised as exceptions
 with `user_facing = True`; the `bioxlstm` CLI prints them as one line and exits with 2.
 
+Run directory (train.out_dir): config.yaml (resolved config), metrics.jsonl (one line per step
+and per validation pass), tensorboard/, checkpoints/{step_XXXXXXXX/, latest} (pretrain.checkpoint),
+samples_rank*.jsonl with train.record_samples.
+
 Loss and gradient scaling. Each optimizer step takes grad_accum micro-batches per rank. Every
 rank counts its loss tokens over all of them, the counts are summed over the data x context
 group, and each micro-batch backpropagates (summed token loss) x divisor / global count

@@ -60,16 +60,31 @@ def check_run(codes, log_dir, expected=0):
     assert codes == [expected] * WORLD, read_logs(log_dir)
 
 
+_REFERENCE_RUNS = {}
+
+
+def reference_run(zero_stage: int, shards: Path, tmp_path_factory) -> Path:
+    """An uninterrupted run (once per ZeRO stage): the curve every interrupted run must reproduce."""
+    if zero_stage not in _REFERENCE_RUNS:
+        base = tmp_path_factory.mktemp(f"reference_zero{zero_stage}")
+        config = write_config(base / "config.yaml", shards, zero_stage)
+        check_run(run_ranks(WORLD, ["--config", config], base / "logs"), base / "logs")
+        run_dir = base / "run"
+        assert [r[0] for r in curve(run_dir)] == list(range(1, STEPS + 1))
+        assert {r[4] for r in curve(run_dir)} == {0, 1}
+        _REFERENCE_RUNS[zero_stage] = run_dir
+    return _REFERENCE_RUNS[zero_stage]
+
+
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def reference(request, shards, tmp_path_factory):
-    """An uninterrupted run: the curve every interrupted run must reproduce."""
-    base = tmp_path_factory.mktemp(f"reference_zero{request.param}")
-    config = write_config(base / "config.yaml", shards, request.param)
-    check_run(run_ranks(WORLD, ["--config", config], base / "logs"), base / "logs")
-    run_dir = base / "run"
-    assert [r[0] for r in curve(run_dir)] == list(range(1, STEPS + 1))
-    assert {r[4] for r in curve(run_dir)} == {0, 1}
-    return request.param, run_dir
+    return request.param, reference_run(request.param, shards, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference_zero2(shards, tmp_path_factory):
+    """The checkpoint protocol does not depend on the ZeRO stage: its tests run on ZeRO-2."""
+    return 2, reference_run(2, shards, tmp_path_factory)
 
 
 def test_sigterm_then_resume_is_bit_exact_across_the_stage_boundary(reference, shards, tmp_path):
@@ -96,13 +111,11 @@ def test_sigterm_then_resume_is_bit_exact_across_the_stage_boundary(reference, s
             assert len(keys) == len(set(keys))          # no sample twice within a stage's epoch
 
 
-def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(reference, shards, tmp_path):
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(reference_zero2, shards, tmp_path):
     """Rank 0 dies after the step-6 shards are written but before `latest` moves (a node crash
     mid-save, inside stage 1). `latest` still names step 3 (stage 0), which resumes; the torn
     step-6 directory is rewritten; the curve equals the uninterrupted run's."""
-    zero_stage, reference_dir = reference
-    if zero_stage != 2:
-        pytest.skip("the checkpoint protocol does not depend on the ZeRO stage; run once")
+    zero_stage, reference_dir = reference_zero2
     config = write_config(tmp_path / "config.yaml", shards, zero_stage)
     run_dir = tmp_path / "run"
     crash = ("import os, pretrain.checkpoint as c\n"
@@ -127,10 +140,8 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(referenc
     assert kept == ["step_00000006", f"step_{STEPS:08d}"]    # keep_checkpoints=2
 
 
-def test_damaged_or_incompatible_checkpoint_is_refused_with_one_clear_error(reference, shards, tmp_path):
-    zero_stage, reference_dir = reference
-    if zero_stage != 2:
-        pytest.skip("run once")
+def test_damaged_or_incompatible_checkpoint_is_refused_with_one_clear_error(reference_zero2, shards, tmp_path):
+    zero_stage, reference_dir = reference_zero2
     run_dir = tmp_path / "run"
     shutil.copytree(reference_dir, run_dir)
     config = write_config(tmp_path / "config.yaml", shards, zero_stage)
