@@ -81,14 +81,14 @@ class XLSTMModel(nn.Module):
         return CausalBlock(block)
 
     # -- pieces ----------------------------------------------------------------------------------
-    def _embed(self, input_ids, sequence_index):
+    def _embed(self, input_ids, sequence_index, cp_group):
         if self.rc_shared:
             x = F.embedding(input_ids, self.embedding.table())
         else:
             x = self.embedding(input_ids)
         if self.sequence_index_embedding is not None:
             if sequence_index is None:
-                sequence_index = torch.cumsum(input_ids == self.cfg.cls_token_id, dim=1) - 1
+                sequence_index = _running_count(input_ids == self.cfg.cls_token_id, cp_group) - 1
             idx = sequence_index.clamp(0, self.cfg.num_sequence_index - 1)
             x = x + self.sequence_index_embedding(idx)
         return x
@@ -116,7 +116,7 @@ class XLSTMModel(nn.Module):
 
     def _trunk(self, input_ids, position_ids, cp_group, sequence_index):
         positions, rc_positions = self._positions(input_ids, position_ids, cp_group)
-        x = self._embed(input_ids, sequence_index)
+        x = self._embed(input_ids, sequence_index, cp_group)
         for block in self.blocks:
             if self.rc_shared:
                 x = block(x, positions, cp_group, rc_positions=rc_positions)
@@ -191,3 +191,17 @@ def build_model(cfg: ModelConfig) -> XLSTMModel:
         cfg = ModelConfig.from_dict(cfg)
     cfg.validate()
     return XLSTMModel(cfg)
+
+
+def _running_count(flags, cp_group):
+    """Inclusive running count of `flags` (B, S) along the sequence. Under context parallelism
+    this rank holds one contiguous slice, so the counts of all earlier ranks' slices are added."""
+    count = torch.cumsum(flags.long(), dim=1)
+    if cp_group is None:
+        return count
+    import torch.distributed as dist
+
+    totals = [torch.empty_like(count[:, -1]) for _ in range(dist.get_world_size(group=cp_group))]
+    dist.all_gather(totals, count[:, -1].contiguous(), group=cp_group)
+    earlier = sum(totals[:dist.get_rank(group=cp_group)], torch.zeros_like(count[:, -1]))
+    return count + earlier[:, None]

@@ -7,7 +7,8 @@ result, then its contiguous slice with `cp_group`. Compared: this rank's slice o
 the loss (sum over ranks of local token-loss sums / global token count) and every parameter's
 gradient (the local gradients summed over the CP group, as DeepSpeed's reduction does).
 Variants: causal LM, weight-tied bidirectional MLM, alternating-direction MLM, reverse-
-complement parameter sharing, and data-given position ids.
+complement parameter sharing, data-given position ids, and the sequence-index embedding
+(its running count of separator tokens crosses rank boundaries).
 
 Two precisions, two tolerances:
 - float64 (the block's fp32 cast of the gate pre-activations is kept at float64 for this run, see
@@ -43,6 +44,8 @@ VARIANTS = {
     "rc_param_sharing": dict(vocab_size=16, position_encoding="rope_head", head="mlm",
                              rc_mode="param_sharing"),
     "data_positions": dict(vocab_size=13, position_encoding="rope_inner", head="lm"),
+    "sequence_index": dict(vocab_size=13, position_encoding="rope_inner", head="lm",   # counts cls=9
+                           num_sequence_index=8, cls_token_id=9),                      # across ranks
 }
 
 
