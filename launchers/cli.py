@@ -13,7 +13,7 @@ examples:
       --partition gpu --time 2-00:00:00 --setup "module load cuda/12.4" train.lr=6e-4
   # one job per curriculum group, each waiting (afterok) for the previous one:
   bioxlstm launch slurm --config configs/prot_xlstm_102m.yaml --gpus-per-node 4 --partition gpu \\
-      --stage-groups 0-3,4-5,6-7 --stage-nodes 1,2,4 --stage-time 12:00:00,1-00:00:00,2-00:00:00
+      --stage-groups 0-3,4-5,6-7 --nodes 2 --stage-time 12:00:00,1-00:00:00,2-00:00:00
   # print the sbatch scripts and the resolved config, submit nothing:
   bioxlstm launch slurm --config configs/prot_xlstm_102m.yaml --partition gpu --dry-run
 
@@ -76,7 +76,8 @@ def _register_slurm(launch_sub) -> None:
     parser.add_argument("--stage-groups", metavar="K-L,...",
                         help="group stages into jobs, e.g. 0-3,4-5,6 (implies --chain-stages)")
     parser.add_argument("--stage-nodes", metavar="N,...",
-                        help="nodes per stage job, e.g. 1,1,2,4; one value applies to all (default --nodes)")
+                        help="nodes per stage job, comma separated (default --nodes); all groups need the same "
+                             "count, since a chained job resumes its predecessor's checkpoint")
     parser.add_argument("--stage-time", metavar="T,...",
                         help="time limit per stage job, comma separated (default --time)")
     parser.add_argument("--dry-run", action="store_true",
