@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -121,15 +122,10 @@ class RunConfig:
 # ---------------------------------------------------------------------------------- loading
 def load_run_config(path: str | Path, overrides: Optional[List[str]] = None) -> RunConfig:
     """Read a run config YAML, inline `model.base`, apply `a.b=c` overrides, validate."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model/data/train/parallel/curriculum")
     raw = _inline_model_base(raw, path.parent)
@@ -139,8 +135,35 @@ def load_run_config(path: str | Path, overrides: Optional[List[str]] = None) -> 
     return run_config_from_dict(raw, source=str(path))
 
 
+def _read_yaml(path: Path) -> Any:
+    """Parsed YAML; every way that fails is one single-line ConfigError naming file and line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError: a date PyYAML cannot build (2001-02-30); RecursionError: absurd nesting
+        raise ConfigError(f"{path}: not a readable YAML config ({type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:200]})") from None
+
+
 def run_config_from_dict(raw: dict, source: str = "config") -> RunConfig:
-    """Validate a plain mapping (e.g. a saved resolved config) into a RunConfig."""
+    """Validate a plain mapping (e.g. a saved resolved config) into a RunConfig; every
+    ConfigError names `source`."""
+    try:
+        return _run_config_from_dict(raw, source)
+    except ConfigError as error:
+        if str(error).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _run_config_from_dict(raw: dict, source: str) -> RunConfig:
     from data_pipeline.config import DataConfig
     from modeling import ModelConfig
 
@@ -226,22 +249,27 @@ def _inline_model_base(raw: dict, config_dir: Path) -> dict:
     model = raw.get("model")
     if not isinstance(model, dict) or "base" not in model:
         return raw
-    import yaml
-
     base_name = model["base"]
     if not isinstance(base_name, str):
         raise ConfigError(f"model.base: expected a path string, got {base_name!r}")
     candidates = [config_dir / base_name, *(parent / base_name for parent in config_dir.resolve().parents)]
-    base_path = next((c for c in candidates if c.is_file()), None)
+    base_path = next((c for c in candidates if _is_file(c)), None)
     if base_path is None:
         raise ConfigError(f"model.base={base_name!r}: not found next to {config_dir} or in a parent folder; "
                           "give a path relative to the config file (e.g. models/protein_tiny.yaml)")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    base = _read_yaml(base_path) or {}
     if not isinstance(base, dict):
         raise ConfigError(f"{base_path}: expected a mapping of model config fields")
     base = base.get("model", base) if isinstance(base.get("model"), dict) else base
     merged = {**base, **{k: v for k, v in model.items() if k != "base"}}
     return {**raw, "model": merged}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: not a base file either
+        return False
 
 
 # ------------------------------------------------------------------------------- overrides
@@ -257,7 +285,7 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"override {override!r}: empty key part in {dotted!r}")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an impossible date
         value = text
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
@@ -276,7 +304,7 @@ def apply_override(raw: dict, override: str) -> None:
 
 
 def _list_index(part: str, node: list, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
+    if not re.fullmatch(r"[0-9]+", part) or int(part) >= len(node):
         raise ConfigError(f"override key {where}: {part!r} is not an index of a list of {len(node)} items")
     return int(part)
 
@@ -341,10 +369,13 @@ def _check(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected float, got {_show(value)}")
-        if isinstance(value, (int, float)):
-            return float(value)
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-            return float(value)
+            value = float(value)
+        if isinstance(value, (int, float)):
+            number = float(value) if not isinstance(value, int) or abs(value) < 2**1000 else math.inf
+            if not math.isfinite(number):  # nan passes every range check; inf never ends a loop
+                raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+            return number
         raise ConfigError(f"{key}: expected float, got {_show(value)}")
     if hint is str:
         if not isinstance(value, str):
