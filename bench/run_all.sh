@@ -2,10 +2,14 @@
 # Every GPU benchmark in one command, sized for one device call of < 10 minutes:
 #   1. bench/train_step.py  Prot-xLSTM-102M, its matched Transformer++, Prot-xLSTM-26M at contexts
 #                           2^11, 2^13, 2^15, 2^16, 2^17, 2^18 (2^18 tokens per step), profile at 2^11
-#   2. bench/kernels.py     the mLSTM kernel vs flash attention at the Prot-xLSTM head shapes
-#   3. bench/plot.py        tokens/s vs context length
-# Results go to $OUT_DIR (default bench/results/): train_step.{json,md}, kernels.json, kernels.txt,
-# train_step.png (or .svg without matplotlib), run_all.log. Elapsed time is printed after each part.
+#   2. bench/train_step.py --trainer-host-path   Prot-xLSTM-102M at 2^11 and 2^17 again, with the
+#                           trainer's host copies and syncs: the difference to 1. is their cost
+#   3. bench/kernels.py     the mLSTM kernel vs flash attention at the Prot-xLSTM head shapes
+#   4. bench/plot.py        tokens/s vs context length
+# Results go to $OUT_DIR (default bench/results/): train_step.{json,md}, train_step_trainer_path.{json,md},
+# kernels.json, kernels.txt, train_step.png (or .svg without matplotlib), run_all.log. Elapsed
+# time is printed after each part; each part has a hard time limit, and train_step.py writes its
+# files after every context, so a part cut short still leaves what it measured.
 #
 #   bash bench/run_all.sh
 #   OUT_DIR=bench/results/h100 BUDGET_S=540 bash bench/run_all.sh
@@ -14,8 +18,8 @@
 #   python with a CUDA build of torch and triton (the machine's own, e.g. torch 2.11 / Triton 3.6),
 #   deepspeed, pyyaml, numpy, tqdm; megatron-core is optional (train_step.py then makes its own
 #   one-process group). Nothing needs installing for the repository itself: the scripts put the
-#   repository root on sys.path. Do NOT `pip install -e .` there: its pins (torch==2.13, ...)
-#   would make pip try to replace the machine's torch. If some of these are missing and WHEELHOUSE
+#   repository root on sys.path (`pip install -e . --no-deps` also works; a plain `pip install -e .`
+#   would try to replace the machine's torch with the pinned 2.13). If some of these are missing and WHEELHOUSE
 #   names a folder of wheels carried along, they are installed from it with
 #   `pip install --no-index --no-deps --find-links "$WHEELHOUSE"`; otherwise the training-step part
 #   is skipped with a message and the kernel benchmark still runs.
@@ -24,7 +28,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET_S="${BUDGET_S:-540}"              # whole script; the device call allows 600
-TRAIN_STEP_S="${TRAIN_STEP_S:-360}"      # hard limit of part 1 (it stops starting contexts 90 s earlier)
+TRAIN_STEP_S="${TRAIN_STEP_S:-330}"      # hard limit of part 1 (it stops starting contexts 90 s earlier)
+TRAINER_PATH_S="${TRAINER_PATH_S:-70}"   # hard limit of part 2
 OUT_DIR="${OUT_DIR:-bench/results}"
 MODELS="${MODELS:-prot_xlstm_102m,transformer_102m,prot_xlstm_26m}"
 CONTEXTS="${CONTEXTS:-2048,8192,32768,65536,131072,262144}"
@@ -68,10 +73,14 @@ if [ -z "$need" ] || [ "$need" = "tqdm" ]; then
         --steps 3 --warmup 1 --profile --time-budget-s $((TRAIN_STEP_S - 90)) \
         --out "$OUT_DIR/train_step.json" --force
     echo "[run_all] train_step.py exit code $?"
+    elapsed "training step done"
+    timeout -k 10 "$TRAINER_PATH_S" "$PY" bench/train_step.py --models prot_xlstm_102m --contexts 2048,131072 \
+        --steps 3 --warmup 1 --trainer-host-path --out "$OUT_DIR/train_step_trainer_path.json" --force
+    echo "[run_all] train_step.py --trainer-host-path exit code $?"
 else
     echo "[run_all] skipping train_step.py: python modules missing: $need (set WHEELHOUSE, see the header)"
 fi
-elapsed "training step done"
+elapsed "training step with the trainer's host path done"
 
 # ---------------------------------------------------------------- 2. kernels
 left=$((BUDGET_S - (SECONDS - start) - 20))

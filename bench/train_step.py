@@ -197,26 +197,43 @@ def synthetic_batches(vocab_size: int, micro_batch: int, grad_accum: int, contex
     return batches
 
 
-def make_step(engine, batches, tokens: int):
-    """One optimizer step as the trainer does it; returns the summed loss tensor (no host sync)."""
+def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
+    """One optimizer step as the trainer does it; returns the summed loss tensor.
+
+    By default nothing waits for the device inside the step. With `trainer_host_path` the step
+    also does what pretrain/train.py does on the host around the engine: batches start in host
+    memory and are copied per micro-batch, loss tokens are counted on the host, the loss is
+    copied to the host after every micro-batch and the step's loss and gradient norm are read
+    at its end (each copy to the host waits for the device)."""
     import torch
 
     from bench.step_profile import BACKWARD_RANGE, FORWARD_RANGE, OPTIMIZER_RANGE
     from pretrain.engine import summed_token_loss
 
     scale = 1.0 / tokens
+    device = engine.device
 
     def step():
         total = None
+        host_loss = torch.zeros((), dtype=torch.float64)
+        if trainer_host_path:
+            loss_tokens = sum(int((labels != -100).sum()) for _, labels in batches)
         for index, (ids, labels) in enumerate(batches):
             engine.set_gradient_accumulation_boundary(index == len(batches) - 1)
+            if trainer_host_path:
+                ids, labels = ids.to(device), labels.to(device)
             with torch.profiler.record_function(FORWARD_RANGE):
                 loss = summed_token_loss(engine(ids), labels)
             with torch.profiler.record_function(BACKWARD_RANGE):
                 engine.backward(loss * scale, scale_wrt_gas=False)
             total = loss.detach() if total is None else total + loss.detach()
+            if trainer_host_path:
+                host_loss += loss.detach().double().cpu()
         with torch.profiler.record_function(OPTIMIZER_RANGE):
             engine.step()
+        if trainer_host_path:
+            grad_norm = engine.get_global_grad_norm()
+            step.host_record = (float(host_loss) / loss_tokens, None if grad_norm is None else float(grad_norm))
         return total
     return step
 
@@ -262,7 +279,8 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
                    activation_checkpointing=spec.activation_checkpointing,
                    flops_per_token=spec.flops_per_token(context_len), status="ok", step_ms=None,
                    step_ms_all=None, tokens_per_s=None, model_tflops=None, mfu=None, mfu_datasheet=None,
-                   peak_memory_gib=None, static_memory_gib=None, loss_per_token=None)
+                   peak_memory_gib=None, static_memory_gib=None, loss_per_token=None,
+                   host_path="trainer" if args.trainer_host_path else "device")
         rows.append(row)
         if oom_at is not None and context_len >= oom_at[0] and mb * context_len >= oom_at[1]:
             row["status"] = f"OOM (skipped: OOM at context {oom_at[0]} with no more tokens per micro-batch)"
@@ -277,8 +295,9 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             if engine is None:
                 engine = build_bench_engine(spec, args, parallel, mb, ga, device)
             set_stage_batch(engine, mb, ga, parallel.dp_size)
-            batches = synthetic_batches(spec.vocab_size, mb, ga, context_len, engine.device, seed=context_len)
-            step = make_step(engine, batches, tokens)
+            batches = synthetic_batches(spec.vocab_size, mb, ga, context_len,
+                                        "cpu" if args.trainer_host_path else engine.device, seed=context_len)
+            step = make_step(engine, batches, tokens, args.trainer_host_path)
             if on_cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -357,6 +376,7 @@ def environment(device, ceiling: dict, args) -> dict:
                 python=platform.python_version(), git_commit=_git_commit(),
                 dtype="bf16" if device.type == "cuda" else "fp32", zero_stage=args.zero_stage,
                 tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup,
+                host_path="trainer" if args.trainer_host_path else "device",
                 matmul_ceiling_tflops=ceiling["tflops"], matmul_ceiling_size=ceiling["size"],
                 matmul_ceiling_dtype=ceiling["dtype"],
                 datasheet_tflops=args.datasheet_tflops if device.type == "cuda" else None)
@@ -423,7 +443,9 @@ def format_markdown(meta: dict, rows: list[dict], specs: dict, profiles: dict) -
              f"{meta['date']} on {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}), triton "
              f"{meta['triton']}, deepspeed {meta['deepspeed']}, commit {meta['git_commit']}.",
              f"{meta['dtype']}, ZeRO {meta['zero_stage']}, {meta['tokens_per_step']} tokens per step held "
-             f"constant (at least one sequence), median of {meta['steps']} steps after {meta['warmup']} warm-up.",
+             f"constant (at least one sequence), median of {meta['steps']} steps after {meta['warmup']} warm-up; "
+             + ("batches copied from the host and losses read back per micro-batch as pretrain/train.py does."
+                if meta["host_path"] == "trainer" else "batches already on the device, no host sync inside a step."),
              f"Matmul ceiling measured here: {meta['matmul_ceiling_tflops']:.1f} TFLOP/s ({meta['matmul_ceiling_dtype']} "
              f"{meta['matmul_ceiling_size']}^2)" + (f"; datasheet {meta['datasheet_tflops']:.0f} TFLOP/s."
                                                    if meta["datasheet_tflops"] else "."), ""]
@@ -477,6 +499,10 @@ def parse_args(argv=None):
                                                 "(default 4096,8192,16384 on GPU, 256 on CPU)")
     parser.add_argument("--time-budget-s", type=float, help="skip contexts that would start after this many "
                                                             "seconds (recorded as skipped)")
+    parser.add_argument("--trainer-host-path", action="store_true",
+                        help="also do pretrain/train.py's host work in the step: batches copied from host "
+                             "memory per micro-batch, loss copied to the host per micro-batch (a sync), "
+                             "loss and grad norm read per step; compare with a default run to see their cost")
     parser.add_argument("--raise-errors", action="store_true", help="stop at a non-OOM error instead of recording it")
     parser.add_argument("--out", help="write JSON here and a Markdown table next to it (.md)")
     parser.add_argument("--force", action="store_true", help="allow --out to replace existing files")

@@ -24,7 +24,7 @@ from bench.transformer_baseline import (  # noqa: E402
 TINY_MODELS = ["protein_tiny", "transformer_protein_tiny"]
 CONTEXTS = [64, 128]
 TOKENS_PER_STEP = 256
-ROW_FIELDS = {"model", "family", "params", "context_len", "micro_batch", "grad_accum", "tokens_per_step",
+ROW_FIELDS = {"host_path", "model", "family", "params", "context_len", "micro_batch", "grad_accum", "tokens_per_step",
               "activation_checkpointing", "flops_per_token", "status", "step_ms", "step_ms_all", "tokens_per_s",
               "model_tflops", "mfu", "mfu_datasheet", "peak_memory_gib", "static_memory_gib", "loss_per_token"}
 META_FIELDS = {"date", "device", "torch", "cuda", "triton", "deepspeed", "python", "git_commit", "dtype",
@@ -39,12 +39,12 @@ def xlstm_parameters(name):
         return sum(p.numel() for p in build_model(load_model_config(name)).parameters())
 
 
-def run_bench(out, *extra):
+def run_bench(out, *extra, models=TINY_MODELS, contexts=CONTEXTS):
     env = {**os.environ, "TRITON_INTERPRET": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    argv = [sys.executable, str(REPO / "bench" / "train_step.py"), "--models", ",".join(TINY_MODELS),
-            "--contexts", ",".join(map(str, CONTEXTS)), "--tokens-per-step", str(TOKENS_PER_STEP),
+    argv = [sys.executable, str(REPO / "bench" / "train_step.py"), "--models", ",".join(models),
+            "--contexts", ",".join(map(str, contexts)), "--tokens-per-step", str(TOKENS_PER_STEP),
             "--steps", "2", "--warmup", "1", "--activation-checkpointing", "on", "--out", str(out), *extra]
     return subprocess.run(argv, env=env, cwd=str(out.parent), capture_output=True, text=True, timeout=300)
 
@@ -105,6 +105,19 @@ def test_profile_groups_the_step(bench_run):
     assert transformer["categories_ms"]["attention"] > 0 and transformer["categories_ms"]["mLSTM kernels"] == 0
     markdown = out.with_suffix(".md").read_text()
     assert "| protein_tiny | 0.1M | 128 |" in markdown and "#### transformer_protein_tiny, context 64" in markdown
+
+
+def test_trainer_host_path_trains_the_same_steps(bench_run, tmp_path):
+    """Batches from host memory and per-micro-batch host syncs change the timing, not the math."""
+    _, report = bench_run
+    out = tmp_path / "trainer_path.json"
+    proc = run_bench(out, "--trainer-host-path", models=["protein_tiny"], contexts=[64])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    device_row = next(r for r in report["results"] if (r["model"], r["context_len"]) == ("protein_tiny", 64))
+    assert row["host_path"] == "trainer" and device_row["host_path"] == "device"
+    assert row["status"] == "ok" and row["tokens_per_s"] > 0
+    assert row["loss_per_token"] == pytest.approx(device_row["loss_per_token"], rel=1e-6)
 
 
 def test_existing_results_are_not_overwritten_without_force(bench_run):
