@@ -28,8 +28,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET_S="${BUDGET_S:-540}"              # whole script; the device call allows 600
-TRAIN_STEP_S="${TRAIN_STEP_S:-330}"      # hard limit of part 1 (it stops starting contexts 90 s earlier)
-TRAINER_PATH_S="${TRAINER_PATH_S:-70}"   # hard limit of part 2
+TRAIN_STEP_S="${TRAIN_STEP_S:-350}"      # hard limit of part 1 (it stops starting contexts 75 s earlier)
+TRAINER_PATH_S="${TRAINER_PATH_S:-60}"   # hard limit of part 2
 OUT_DIR="${OUT_DIR:-bench/results}"
 MODELS="${MODELS:-prot_xlstm_102m,transformer_102m,prot_xlstm_26m}"
 CONTEXTS="${CONTEXTS:-2048,8192,32768,65536,131072,262144}"
@@ -70,7 +70,7 @@ fi
 # ---------------------------------------------------------------- 1. training step
 if [ -z "$need" ] || [ "$need" = "tqdm" ]; then
     timeout -k 15 "$TRAIN_STEP_S" "$PY" bench/train_step.py --models "$MODELS" --contexts "$CONTEXTS" \
-        --steps 3 --warmup 1 --profile --time-budget-s $((TRAIN_STEP_S - 90)) \
+        --steps 3 --warmup 1 --profile --time-budget-s $((TRAIN_STEP_S - 75)) \
         --out "$OUT_DIR/train_step.json" --force
     echo "[run_all] train_step.py exit code $?"
     elapsed "training step done"

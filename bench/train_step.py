@@ -17,7 +17,8 @@ Numbers per (model, context):
     mfu                model_tflops / bf16 matmul ceiling measured in this process (large square
                        matmuls); mfu_datasheet: against --datasheet-tflops (989, H100/H200 SXM)
     peak_memory_gib    torch.cuda.max_memory_allocated, reset before each context (weights,
-                       gradients and optimizer state included)
+                       gradients and optimizer state included); static_memory_gib: allocated
+                       before that context's first step
 An out-of-memory context is recorded as "OOM" and the run goes on (larger contexts of that model
 at the same or larger micro-batch tokens are skipped as OOM).
 
@@ -184,7 +185,7 @@ def _time_calls(fn, reps: int, device) -> list[float]:
 
 
 def synthetic_batches(vocab_size: int, micro_batch: int, grad_accum: int, context_len: int, device, seed: int):
-    """grad_accum micro-batches of random tokens and next-token labels, already on the device."""
+    """grad_accum micro-batches of random tokens and their next-token labels, on `device`."""
     import torch
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -212,6 +213,7 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
 
     scale = 1.0 / tokens
     device = engine.device
+    host_reads = {}                                    # the trainer path's last loss and grad norm
 
     def step():
         total = None
@@ -233,7 +235,8 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
             engine.step()
         if trainer_host_path:
             grad_norm = engine.get_global_grad_norm()
-            step.host_record = (float(host_loss) / loss_tokens, None if grad_norm is None else float(grad_norm))
+            host_reads.update(loss=float(host_loss) / loss_tokens,
+                              grad_norm=None if grad_norm is None else float(grad_norm))
         return total
     return step
 
@@ -417,24 +420,43 @@ def format_table(rows: list[dict]) -> str:
 
 
 def comparisons(rows: list[dict], specs: dict) -> list[str]:
-    """The issue's target quantities: long/short context throughput ratio, speedup over baseline."""
+    """The issue's target quantities, for every xLSTM model (targets quoted for H100, 102M, bf16):
+    MFU up to 2^15, tokens/s at the longest vs the shortest context, speedup over the matched
+    baseline per context, and how peak memory grows with the context at micro-batch 1."""
     ok = {(r["model"], r["context_len"]): r for r in rows if r["status"] == "ok"}
     lines = []
     for name, spec in specs.items():
         if spec.family != "xlstm":
             continue
         measured = sorted(c for (m, c) in ok if m == name)
+        short = [c for c in measured if c <= 2 ** 15]
+        if short and ok[(name, short[0])]["mfu"] is not None:
+            mfus = ", ".join(f"{c}: {100 * ok[(name, c)]['mfu']:.1f}%" for c in short)
+            lines.append(f"- {name}: MFU (measured ceiling) {mfus} (target >= 40% at 2^11..2^15)")
         if len(measured) >= 2:
             first, last = ok[(name, measured[0])], ok[(name, measured[-1])]
             lines.append(f"- {name}: tokens/s at context {last['context_len']} / at {first['context_len']} = "
-                         f"{last['tokens_per_s'] / first['tokens_per_s']:.2f}")
+                         f"{last['tokens_per_s'] / first['tokens_per_s']:.2f} (target at 2^17 / 2^11: >= 0.77, "
+                         f"i.e. within 1.3x)")
         for other, other_spec in specs.items():
             if other_spec.matched_to != name:
                 continue
             parts = [f"{c}: {ok[(name, c)]['tokens_per_s'] / ok[(other, c)]['tokens_per_s']:.2f}x"
                      for c in measured if (other, c) in ok]
             if parts:
-                lines.append(f"- {name} vs {other} (tokens/s ratio by context): " + ", ".join(parts))
+                lines.append(f"- {name} vs {other}, tokens/s ratio by context: " + ", ".join(parts)
+                             + " (target > 1 from 2^13, > 5 at 2^17)")
+        single = [c for c in measured if ok[(name, c)]["micro_batch"] == 1 and ok[(name, c)]["peak_memory_gib"]]
+        if single:
+            parts, previous = [], None
+            for c in single:
+                row = ok[(name, c)]
+                above = row["peak_memory_gib"] - (row["static_memory_gib"] or 0.0)
+                growth = f", x{above / previous:.2f}" if previous else ""
+                parts.append(f"{c}: {row['peak_memory_gib']:.1f} GiB ({above:.1f} above static{growth})")
+                previous = above
+            lines.append(f"- {name}: peak memory at micro-batch 1: " + "; ".join(parts)
+                         + " (linear in S: x2 per doubling)")
     return lines
 
 

@@ -217,3 +217,28 @@ def test_baseline_flops_hand_count():
 ])
 def test_profile_categories(chain, kernel, expected):
     assert step_profile.categorize(chain, kernel) == expected
+
+
+def test_comparisons_report_the_issue_targets():
+    from bench.train_step import ModelSpec, comparisons
+
+    def spec(name, family, matched_to=None):
+        return ModelSpec(name, family, "", 1, None, None, True, matched_to=matched_to)
+
+    def row(model, context, tokens_per_s, mfu, micro_batch=1, peak=None, static=None):
+        return dict(model=model, context_len=context, status="ok", tokens_per_s=tokens_per_s, mfu=mfu,
+                    micro_batch=micro_batch, peak_memory_gib=peak, static_memory_gib=static)
+
+    rows = [row("x", 2048, 1000.0, 0.45, micro_batch=16, peak=30.0, static=2.0),
+            row("x", 65536, 900.0, None, peak=12.0, static=2.0),
+            row("x", 131072, 800.0, None, peak=22.0, static=2.0),
+            row("t", 2048, 1250.0, 0.5, micro_batch=16), row("t", 131072, 100.0, None),
+            dict(model="t", context_len=65536, status="OOM")]
+    lines = comparisons(rows, {"x": spec("x", "xlstm"), "t": spec("t", "transformer", matched_to="x")})
+    assert lines == [
+        "- x: MFU (measured ceiling) 2048: 45.0% (target >= 40% at 2^11..2^15)",
+        "- x: tokens/s at context 131072 / at 2048 = 0.80 (target at 2^17 / 2^11: >= 0.77, i.e. within 1.3x)",
+        "- x vs t, tokens/s ratio by context: 2048: 0.80x, 131072: 8.00x (target > 1 from 2^13, > 5 at 2^17)",
+        "- x: peak memory at micro-batch 1: 65536: 12.0 GiB (10.0 above static); "
+        "131072: 22.0 GiB (20.0 above static, x2.00) (linear in S: x2 per doubling)",
+    ]
