@@ -330,16 +330,28 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             else:
                 row["status"] = "OOM"
                 oom_at = (context_len, mb * context_len)
-            engine = None                                  # rebuilt for the next context
+            engine = release_engine(engine)            # rebuilt for the next context
         finally:
             batches = step = None
-            if engine is None:
-                gc.collect()
-                if on_cuda:
-                    torch.cuda.empty_cache()
         print(f"[train_step]   -> {_row_summary(row)}", flush=True)
         on_row()
+    release_engine(engine)                             # the next model's peak memory starts clean
     return profile
+
+
+def release_engine(engine) -> None:
+    """Drop an engine and give its memory back (DeepSpeed's hooks hold references to it)."""
+    import torch
+
+    if engine is not None and hasattr(engine, "destroy"):
+        try:
+            engine.destroy()
+        except Exception as error:  # noqa: BLE001 - best effort after an OOM
+            print(f"[train_step] engine.destroy() failed: {type(error).__name__}: {error}", flush=True)
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _profile_step(step, device) -> dict:
