@@ -50,7 +50,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DEFAULT_MODELS = "prot_xlstm_102m,prot_xlstm_26m,transformer_102m"
+DEFAULT_MODELS = "prot_xlstm_102m,transformer_102m,prot_xlstm_26m"
 DEFAULT_CONTEXTS = "2048,8192,32768,65536,131072,262144"
 DEFAULT_TOKENS_PER_STEP = 2 ** 18          # per replica in configs/prot_xlstm_*.yaml
 DATASHEET_BF16_TFLOPS = 989.0              # H100 / H200 SXM dense bf16

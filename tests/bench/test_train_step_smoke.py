@@ -128,6 +128,13 @@ def test_existing_results_are_not_overwritten_without_force(bench_run):
     assert out.read_bytes() == before
 
 
+def test_unknown_model_is_one_clear_error(tmp_path):
+    proc = run_bench(tmp_path / "r.json", models=["prot_xlstm_7m"])
+    assert proc.returncode == 2
+    assert "error: --models: unknown model 'prot_xlstm_7m'" in proc.stderr and "protein_tiny" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()
+
+
 def test_plot_draws_one_line_per_model_in_context_order(bench_run, tmp_path):
     out, report = bench_run
     written = plot.write_plot(out, tmp_path / "train_step.png", force_svg=True)
