@@ -72,6 +72,7 @@ class ModelSpec:
     activation_checkpointing: bool
     stages: dict = field(default_factory=dict)    # context_len -> (micro_batch, grad_accum)
     vocab_size: int = 38
+    tie_embeddings: bool = False
     matched_to: Optional[str] = None
 
 
@@ -109,7 +110,8 @@ def _xlstm_spec(name: str, ac_mode: str) -> ModelSpec:
     description = (f"xLSTM d {model_cfg.d_model}, {model_cfg.num_blocks} blocks, {model_cfg.num_heads} heads of "
                    f"{model_cfg.inner_dim // model_cfg.num_heads}, chunk {model_cfg.chunk_size}")
     return ModelSpec(name, "xlstm", description, params, lambda: build_model(model_cfg),
-                     lambda S: flops_per_token(model_cfg, S), checkpointing, stages, model_cfg.vocab_size)
+                     lambda S: flops_per_token(model_cfg, S), checkpointing, stages, model_cfg.vocab_size,
+                     model_cfg.tie_embeddings)
 
 
 def _transformer_spec(name: str, ac_mode: str) -> ModelSpec:
@@ -120,10 +122,10 @@ def _transformer_spec(name: str, ac_mode: str) -> ModelSpec:
     target_name = next((c for c in candidates if (REPO / "configs" / f"{c}.yaml").is_file()
                         or (REPO / "configs" / "models" / f"{c}.yaml").is_file()), suffix)
     target = _xlstm_spec(target_name, ac_mode)
-    cfg = match_parameter_count(target.params, target.vocab_size)
+    cfg = match_parameter_count(target.params, target.vocab_size, tie_embeddings=target.tie_embeddings)
     return ModelSpec(name, "transformer", cfg.describe(), parameter_count(cfg), lambda: build_transformer(cfg),
                      lambda S: flops_per_token(cfg, S), target.activation_checkpointing, target.stages,
-                     cfg.vocab_size, matched_to=target_name)
+                     cfg.vocab_size, cfg.tie_embeddings, matched_to=target_name)
 
 
 def resolve_model(name: str, ac_mode: str = "config") -> ModelSpec:
