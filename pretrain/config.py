@@ -64,6 +64,11 @@ class TrainConfig:
     peak_tflops: Optional[float] = None  # per device, for MFU; None = 989 (H100 bf16) on GPU, no MFU on CPU
     record_samples: bool = False         # write the sample keys every rank trains on (data audit)
     progress: bool = True                # tqdm progress bar on rank 0
+    # A collective that waits longer than this for a peer fails the rank, so a dead or hung peer
+    # never hangs the others forever. Above the longest legitimate wait (rank 0 hashing a big
+    # checkpoint for its manifest while the others wait at the barrier); 600 s is NCCL's default.
+    collective_timeout_s: float = 600.0
+    max_bad_steps: int = 5               # consecutive skipped steps (non-finite loss/grad) before the run stops
 
 
 @dataclass
@@ -128,10 +133,13 @@ def load_run_config(path: str | Path, overrides: Optional[List[str]] = None) -> 
     raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model/data/train/parallel/curriculum")
-    raw = _inline_model_base(raw, path.parent)
-    for override in overrides or []:
-        apply_override(raw, override)
-    raw = _inline_model_base(raw, path.parent)  # an override may name another base
+    try:
+        raw = _inline_model_base(raw, path.parent)
+        for override in overrides or []:
+            apply_override(raw, override)
+        raw = _inline_model_base(raw, path.parent)  # an override may name another base
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     return run_config_from_dict(raw, source=str(path))
 
 
@@ -225,7 +233,9 @@ def validate_run_config(cfg: RunConfig, source: str = "config") -> None:
     for key in ("warmup_tokens", "checkpoint_every", "eval_every", "eval_batches", "weight_decay", "grad_clip"):
         if getattr(t, key) < 0:
             bad(f"train.{key}", "must be >= 0")
-    for key in ("grad_accum", "keep_checkpoints", "log_every"):
+    if not 0 < t.collective_timeout_s < float("inf"):
+        bad("train.collective_timeout_s", "must be a finite number of seconds > 0 (e.g. 600)")
+    for key in ("grad_accum", "keep_checkpoints", "log_every", "max_bad_steps"):
         if getattr(t, key) < 1:
             bad(f"train.{key}", "must be >= 1")
     if t.max_steps is not None and t.max_steps < 1:
@@ -295,7 +305,7 @@ def apply_override(raw: dict, override: str) -> None:
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            raise ConfigError(f"override {override!r}: {where} is a value, not a section")
+            raise ConfigError(f"override {override!r}: {_printable(where)} is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(last, node, dotted)] = value
@@ -305,8 +315,15 @@ def apply_override(raw: dict, override: str) -> None:
 
 def _list_index(part: str, node: list, where: str) -> int:
     if not re.fullmatch(r"[0-9]+", part) or int(part) >= len(node):
-        raise ConfigError(f"override key {where}: {part!r} is not an index of a list of {len(node)} items")
+        raise ConfigError(f"override key {_printable(where)}: {part!r} is not an index of a list of "
+                          f"{len(node)} items")
     return int(part)
+
+
+def _printable(key: Any) -> str:
+    """A key from user input as it goes into a one-line message (repr if it holds a newline...)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 # ----------------------------------------------------------------------- typed validation
@@ -327,7 +344,8 @@ def _typed(cls: type, values: Any, prefix: str) -> dict:
     out = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{prefix}.{key}: unknown key; known keys of {prefix}: {', '.join(names)}")
+            raise ConfigError(f"{prefix}.{_printable(key)}: unknown key; known keys of {prefix}: "
+                              f"{', '.join(names)}")
         out[key] = _check(hints[key], value, f"{prefix}.{key}")
     return out
 
