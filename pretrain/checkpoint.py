@@ -6,10 +6,13 @@ Layout of `<run>/checkpoints/`:
                               train_state_rank00000.pt ..., manifest.json (size + sha256 of each)
     latest                    text: the tag of the newest complete checkpoint
 
-Order of a save: every rank writes its DeepSpeed shards and its train state; barrier; rank 0
-writes the manifest, then moves `latest` (temp file + os.replace); then old checkpoints beyond
-`keep` are deleted. A crash anywhere before the marker moves leaves the previous checkpoint
-as `latest`, whole; the torn directory is removed when that tag is written again.
+Order of a save: every rank writes its DeepSpeed shards and its train state; the ranks agree
+that all writes succeeded; rank 0 writes the manifest, then moves `latest` (temp file +
+os.replace); the ranks agree again; then old checkpoints beyond `keep` are deleted. A crash
+anywhere before the marker moves leaves the previous checkpoint as `latest`, whole; the torn
+directory is removed when that tag is written again. A write that fails on any rank (disk
+full, quota, I/O error) makes every rank raise CheckpointWriteError; rank 0 removes the partial
+directory first, and `latest` and the previous checkpoints are untouched.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from pretrain.errors import CheckpointError
+from pretrain.errors import CheckpointError, CheckpointWriteError
 
 LATEST_MARKER = "latest"
 MANIFEST_NAME = "manifest.json"
@@ -78,26 +81,51 @@ def write_manifest(checkpoint_dir: Path, facts: dict) -> Path:
 def verify_checkpoint(checkpoint_dir: Path) -> dict:
     """Check every file against the manifest; returns the manifest or raises CheckpointError."""
     manifest_path = checkpoint_dir / MANIFEST_NAME
+    earlier = (f"resume from an earlier checkpoint: write the tag of a complete one (a step_* directory "
+               f"with a {MANIFEST_NAME}) into {checkpoint_dir.parent / LATEST_MARKER}")
     if not manifest_path.is_file():
         raise CheckpointError(f"{checkpoint_dir}: no {MANIFEST_NAME}; the checkpoint was not completed. "
                               f"Point {checkpoint_dir.parent / LATEST_MARKER} at an earlier complete checkpoint")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest["files"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        expected_sizes = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__}: {error}); the checkpoint "
+                              f"is damaged, {earlier}") from None
+    for name, (expected_bytes, expected_sha) in expected_sizes.items():
         path = checkpoint_dir / name
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in {manifest_path.name} but missing; the checkpoint is damaged, "
-                                  "resume from an earlier one (edit the `latest` marker)")
+                                  f"{earlier}")
         size = path.stat().st_size
-        if size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if size != expected_bytes or _sha256(path) != expected_sha:
             raise CheckpointError(f"{path}: size/sha256 differ from {manifest_path.name} ({size} bytes, expected "
-                                  f"{expected['bytes']}); the checkpoint is damaged, resume from an earlier one "
-                                  "(edit the `latest` marker)")
+                                  f"{expected_bytes}); the checkpoint is damaged, {earlier}")
     return manifest
 
 
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def _ranks_with(flag: bool) -> list[int]:
+    """The ranks where `flag` holds (a collective over all ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [0] if flag else []
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flags = torch.zeros(dist.get_world_size(), device=device)
+    flags[dist.get_rank()] = 1.0 if flag else 0.0
+    dist.all_reduce(flags)
+    return [rank for rank, value in enumerate(flags.tolist()) if value > 0]
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 class CheckpointManager:
@@ -116,18 +144,62 @@ class CheckpointManager:
             if directory.exists() and read_latest_tag(self.root) != tag:
                 shutil.rmtree(directory)          # torn leftover of a crashed save of this step
         _barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={}, save_latest=False)
+        self._agree_or_raise(directory, self._write_rank_files(engine, train_state, directory))
+        failure = None
+        if self.rank == 0:
+            try:
+                write_manifest(directory, {"tag": tag, **facts})
+                write_latest_marker(self.root, tag)
+            except (OSError, RuntimeError) as error:
+                failure = error
+        self._agree_or_raise(directory, failure)  # every rank has finished writing; `latest` has moved
+        if self.rank == 0:
+            self._prune(keep_tag=tag)
+        return directory
+
+    def _write_rank_files(self, engine, train_state, directory: Path) -> Optional[BaseException]:
+        """This rank's DeepSpeed shards and train state; returns the write error, if any.
+
+        A failed write inside torch.save surfaces as a RuntimeError of its zip writer
+        ("unexpected pos ..."), not as an OSError, so both are caught."""
+        try:
+            engine.save_checkpoint(str(self.root), tag=tag_for_step(train_state.step), client_state={},
+                                   save_latest=False)
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, dist.DistError):
+                raise                             # a peer died or timed out: not a write failure
+            # DeepSpeed 0.19's save runs all its collectives before its first file write and ends
+            # with a barrier; ranks whose writes succeeded wait in it, so join it here.
+            _barrier()
+            return error
         state_path = directory / train_state_name(self.rank)
         tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(train_state.state_dict(), tmp)
-        os.replace(tmp, state_path)
-        _barrier()                                # every rank has finished writing
+        try:
+            torch.save(train_state.state_dict(), tmp)
+            os.replace(tmp, state_path)
+        except (OSError, RuntimeError) as error:
+            return error
+        return None
+
+    def _agree_or_raise(self, directory: Path, failure: Optional[BaseException]) -> None:
+        """Collective: if the write failed on any rank, rank 0 removes the partial directory and
+        every rank raises the same CheckpointWriteError (the barrier of a successful save)."""
+        failed = _ranks_with(failure is not None)
+        if not failed:
+            return
         if self.rank == 0:
-            write_manifest(directory, {"tag": tag, **facts})
-            write_latest_marker(self.root, tag)
-            self._prune(keep_tag=tag)
+            if read_latest_tag(self.root) != directory.name:
+                shutil.rmtree(directory, ignore_errors=True)
+            (self.root / f".{LATEST_MARKER}.tmp").unlink(missing_ok=True)
         _barrier()
-        return directory
+        latest = read_latest_tag(self.root)
+        kept = (f"{self.root / LATEST_MARKER} still names {latest}, which a restart resumes from"
+                if latest else "there is no earlier checkpoint; a restart begins at step 0")
+        cause = (f"rank {self.rank}: {type(failure).__name__}: {failure}" if failure is not None
+                 else f"the write failed on rank(s) {', '.join(map(str, failed))}")
+        raise CheckpointWriteError(f"{directory}: could not write the checkpoint ({cause}; "
+                                   f"{_free_space(self.root)} free there). Free space (or quota) or point "
+                                   f"train.out_dir elsewhere; the partial directory was removed and {kept}")
 
     def _prune(self, keep_tag: str) -> None:
         complete = sorted(p for p in self.root.glob(f"{TAG_PREFIX}*")

@@ -13,3 +13,11 @@ class ConfigError(PretrainError, ValueError):
 
 class CheckpointError(PretrainError):
     """A checkpoint that is missing, damaged, or belongs to an incompatible run."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (disk full, quota, I/O error); nothing was published."""
+
+
+class NonFiniteStepsError(PretrainError):
+    """Too many consecutive steps with a non-finite loss or gradient (train.max_bad_steps)."""

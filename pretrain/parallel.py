@@ -25,6 +25,7 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, List, Optional
 
 import torch
@@ -235,15 +236,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ensure_process_group(backend: Optional[str]) -> None:
+def _ensure_process_group(backend: Optional[str], timeout_s: Optional[float]) -> None:
     """Join the default process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, or
-    make a one-process group when those are unset (so single-process runs use the same path)."""
+    make a one-process group when those are unset (so single-process runs use the same path).
+
+    `timeout_s` bounds every collective of the group (and the rendezvous): a rank whose peer
+    died or hangs fails after that long instead of waiting forever. None = torch's default."""
     if dist.is_initialized():
         return
     use_cuda = torch.cuda.is_available()
     backend = backend or ("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
     if "WORLD_SIZE" in os.environ:
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
@@ -251,22 +256,29 @@ def _ensure_process_group(backend: Optional[str]) -> None:
                 f"WORLD_SIZE is set but {', '.join(missing)} is not; set all of RANK, WORLD_SIZE, "
                 f"MASTER_ADDR, MASTER_PORT (or none of them for a single process)"
             )
-        dist.init_process_group(backend, init_method="env://")
+        dist.init_process_group(backend, init_method="env://", **timeout)
     else:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                **timeout)
 
 
-def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] = None) -> ParallelContext:
+def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] = None,
+                        collective_timeout_s: Optional[float] = None) -> ParallelContext:
     """Set up (or reuse) the data x context parallel groups and return this rank's view.
 
     Joins the default process group if needed (see `_ensure_process_group`). Calling again with
     another context_parallel_size (a curriculum stage that grows CP) rebuilds the groups.
+    `collective_timeout_s` (train.collective_timeout_s) applies to the default group and to the
+    data / context groups, where the training step's collectives run.
     """
     if isinstance(context_parallel_size, bool) or not isinstance(context_parallel_size, int) or context_parallel_size < 1:
         raise ParallelConfigError(
             f"parallel.context_parallel_size must be a positive integer, got {context_parallel_size!r}"
         )
-    _ensure_process_group(backend)
+    if collective_timeout_s is not None and not collective_timeout_s > 0:
+        raise ParallelConfigError(f"collective timeout {collective_timeout_s!r} s: must be > 0 "
+                                  "(train.collective_timeout_s)")
+    _ensure_process_group(backend, collective_timeout_s)
     world_size = dist.get_world_size()
     if world_size % context_parallel_size != 0:
         raise ParallelConfigError(
@@ -279,8 +291,9 @@ def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] =
         ps.destroy_model_parallel()
     if not ps.model_parallel_is_initialized():
         # gloo twins of the NCCL groups are only needed by Megatron's own optimizer; skip them.
+        timeout = {} if collective_timeout_s is None else {"distributed_timeout_minutes": collective_timeout_s / 60}
         ps.initialize_model_parallel(context_parallel_size=context_parallel_size,
-                                     create_gloo_process_groups=False)
+                                     create_gloo_process_groups=False, **timeout)
     return ParallelContext(
         world_size=world_size,
         rank=dist.get_rank(),

@@ -27,8 +27,11 @@ def check_compatible(saved_state: dict, state, where) -> None:
         raise CheckpointError(f"{where}: the checkpoint was trained with another model config: {shown}. "
                               "Use the model config of that run, or a new train.out_dir to start fresh")
     if saved_state["world_size"] != state.world_size:
-        raise CheckpointError(f"{where}: written by {saved_state['world_size']} ranks, this run has "
-                              f"{state.world_size}; resume with the same number of processes")
+        ranks = saved_state["world_size"]
+        raise CheckpointError(f"{where}: written by {ranks} ranks, this run has {state.world_size}; resume with "
+                              f"the same number of processes (e.g. `bioxlstm launch local --nproc {ranks}`, or "
+                              f"{ranks} SLURM tasks). A run cannot change its world size: its ZeRO optimizer "
+                              "shards and data-loader positions are per rank")
 
 
 def restore_run_position(state, engine, checkpoints, curriculum, own_tag: Optional[str],

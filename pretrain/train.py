@@ -4,8 +4,19 @@ Exit codes (`main` and `TrainingResult.exit_code`):
     0   EXIT_OK         the curriculum (or train.max_steps) is done; final checkpoint written
     75  EXIT_PREEMPTED  stopped on SIGTERM/SIGUSR1/request_stop() after writing a checkpoint;
                         start the same command again (same out_dir) to continue
-User-facing errors (bad config, damaged or incompatible checkpoint) are raised as exceptions
-with `user_facing = True`; the `bioxlstm` CLI prints them as one line and exits with 2.
+User-facing errors (bad config, damaged or incompatible checkpoint, a checkpoint that could not
+be written, train.max_bad_steps consecutive non-finite steps) are raised as exceptions with
+`user_facing = True`; the `bioxlstm` CLI prints them as one line and exits with 2 (the SLURM
+job does not requeue those: a retry would fail the same way).
+
+Faults. A step whose loss or gradient norm is not finite on any rank is skipped on every rank
+(weights and optimizer state untouched, pretrain.nonfinite), logged ("skipped" in its
+metrics record, a console line), and still counted: step, tokens and loader move on, the batch
+is not retried. A periodic checkpoint that falls on a skipped step is written at the next good
+one, so `latest` always holds the weights of a good step. After train.max_bad_steps skipped
+steps in a row the run stops with NonFiniteStepsError naming the step and the last good
+checkpoint. Collectives time out after train.collective_timeout_s, so a dead or hung peer
+fails the surviving ranks instead of hanging them.
 
 Run directory (train.out_dir): config.yaml (resolved config), metrics.jsonl (one line per step
 and per validation pass), tensorboard/, checkpoints/{step_XXXXXXXX/, latest} (pretrain.checkpoint),
@@ -67,7 +78,9 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     from pretrain.checkpoint import CheckpointManager, read_latest_tag
     from pretrain.curriculum import Curriculum
     from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
+    from pretrain.errors import NonFiniteStepsError
     from pretrain.metrics import MetricsLogger, SampleRecorder
+    from pretrain.nonfinite import SKIPPED_REASON, BadStepCounter, drop_nonfinite_gradients, poison_nonfinite
     from pretrain.parallel import initialize_parallel
     from pretrain.resume import restore_run_position
     from pretrain.schedule import learning_rate
@@ -77,7 +90,8 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     # ---------------------------------------------------------------- setup
     signal_handlers = preemption.install_signal_handlers()
     check_vocabulary(cfg)
-    parallel = initialize_parallel(cfg.parallel.context_parallel_size)
+    parallel = initialize_parallel(cfg.parallel.context_parallel_size,
+                                   collective_timeout_s=cfg.train.collective_timeout_s)
     run_dir = Path(cfg.train.out_dir)
     torch.manual_seed(cfg.train.seed)
     curriculum = Curriculum(cfg.curriculum.stages, cfg.train.grad_accum, parallel.dp_size)
@@ -100,6 +114,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     bar = tqdm(total=last_step, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=parallel.rank != 0 or not cfg.train.progress)
     plan, loader, batches, stopped = None, None, None, False
+    bad_steps, checkpoint_due = BadStepCounter(cfg.train.max_bad_steps), False
 
     # ---------------------------------------------------------------- loop
     engine.train()
@@ -131,30 +146,46 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
             logits = engine(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                             cp_group=cp_group)
             loss = summed_token_loss(logits, batch["labels"].to(device))
-            engine.backward(loss * scale, scale_wrt_gas=False)
+            engine.backward(poison_nonfinite(loss) * scale, scale_wrt_gas=False)  # NaN grads if non-finite
             loss_sum += loss.detach().double().cpu()
-        engine.step()
+        dropped = drop_nonfinite_gradients(engine, group=None)   # ZeRO-0 fp32; DeepSpeed checks the others
+        if not dropped:
+            engine.step()
         state.step += 1
         state.tokens += curriculum.tokens_per_step
         state.loader_state = loader.state_dict()
         samples.record(state.step, plan.index, step_keys)
 
         # ------------------------------------------------------------ log
-        train_loss = _global_sum(loss_sum, parallel) / global_tokens
+        totals = _step_totals(loss_sum, dropped or not engine.was_step_applied(), loader, parallel)
+        train_loss = totals["loss_sum"] / global_tokens
+        skipped = _skip_verdict(totals, parallel, state.step)
+        bad_steps.update(skipped)
         grad_norm = engine.get_global_grad_norm()
-        record = {"loss": train_loss, "lr": lr, "tokens": state.tokens, "stage": plan.index,
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        record = {"loss": _finite_or_none(train_loss), "lr": lr, "tokens": state.tokens, "stage": plan.index,
                   "context_len": plan.context_len, "loss_tokens": global_tokens,
-                  "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                  "grad_norm": _finite_or_none(grad_norm),
+                  "data_skipped_samples": totals["skipped_samples"],
+                  "data_checksum_mismatches": totals["checksum_mismatches"]}
+        if skipped:
+            record.update(skipped=SKIPPED_REASON, bad_steps_in_a_row=bad_steps.in_a_row)
+            if parallel.rank == 0:
+                bar.write(f"step {state.step}: non-finite loss or gradient norm (loss {train_loss}); update "
+                          f"skipped on every rank ({bad_steps.in_a_row} in a row, train.max_bad_steps="
+                          f"{bad_steps.limit})")
         at_log_step = state.step % cfg.train.log_every == 0 or state.step == last_step
         if at_log_step:
             record.update(metrics.throughput(state.tokens))
         metrics.log("train", state.step, record, to_tensorboard=at_log_step)
         bar.update(1)
-        if at_log_step:
+        if at_log_step and not skipped:
             bar.set_postfix(stage=plan.index, ctx=plan.context_len, loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
                             tok_s=f"{record.get('tokens_per_s', 0):.0f}")
 
         # ------------------------------------------------------------ stop, validate, checkpoint
+        if bad_steps.exhausted:
+            break
         stopped = _any_rank(preemption.stop_requested(), dist)
         done = state.step == last_step
         if not stopped and (done or (cfg.train.eval_every and state.step % cfg.train.eval_every == 0)):
@@ -165,7 +196,9 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
                 bar.write(f"step {state.step}: validation loss {state.last_val_loss:.4f} "
                           f"(stage {plan.index}, context {plan.context_len})")
         every = cfg.train.checkpoint_every
-        if stopped or done or (every and state.step % every == 0):
+        checkpoint_due = checkpoint_due or bool(every and state.step % every == 0)
+        if stopped or done or (checkpoint_due and not skipped):
+            checkpoint_due = False
             checkpoints.save(engine, state, {"step": state.step, "tokens": state.tokens, "stage": plan.index,
                                              "config_hash": state.config_hash, "world_size": parallel.world_size,
                                              "last_val_loss": state.last_val_loss})
@@ -178,6 +211,14 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     preemption.clear_stop()
     latest_tag = read_latest_tag(checkpoints.root)
     latest = checkpoints.root / latest_tag if latest_tag else None
+    if bad_steps.exhausted:
+        good = (f"The last good checkpoint is {latest}" if latest is not None
+                else "There is no checkpoint yet (a restart begins at step 0)")
+        raise NonFiniteStepsError(
+            f"step {state.step}: {bad_steps.in_a_row} consecutive steps with a non-finite loss or gradient norm "
+            f"(train.max_bad_steps={bad_steps.limit}); stopped without writing a checkpoint. {good}; "
+            f"see the skipped steps in {metrics.path}. Lower train.lr or raise train.warmup_tokens, check "
+            "the data of those steps, then run again (it resumes from `latest`)")
     return TrainingResult("preempted" if stopped else "completed", state.step, state.tokens, state.stage,
                           state.last_val_loss, run_dir, latest)
 
@@ -194,13 +235,53 @@ def check_vocabulary(cfg) -> None:
                           f"tokenizer in {cfg.data.shards}/manifest.json ({vocab}); set model.vocab_size={vocab}")
 
 
-def _global_sum(value, parallel) -> float:
+def _step_totals(loss_sum, skipped: bool, loader, parallel) -> dict:
+    """One all-reduce per step over the data x context ranks: summed loss, how many ranks
+    skipped the update, and the loader's skipped-data counters (CP ranks share one loader
+    stream, so those sums are divided by the CP size)."""
+    import torch
     import torch.distributed as dist
 
-    total = value.clone().reshape(1)
+    values = torch.tensor([float(loss_sum), 1.0 if skipped else 0.0,
+                           float(getattr(loader, "skipped_samples", 0)),
+                           float(getattr(loader, "checksum_mismatches", 0))], dtype=torch.float64)
     if parallel.world_size > 1:
-        dist.all_reduce(total, group=parallel.dp_cp_group)
-    return float(total.item())
+        values = values.to(_collective_device(parallel.dp_cp_group))
+        dist.all_reduce(values, group=parallel.dp_cp_group)
+    loss, skipped_ranks, skipped_samples, mismatches = values.tolist()
+    return {"loss_sum": loss, "skipped_ranks": int(skipped_ranks),
+            "skipped_samples": int(skipped_samples) // parallel.cp_size,
+            "checksum_mismatches": int(mismatches) // parallel.cp_size}
+
+
+def _skip_verdict(totals: dict, parallel, step: int) -> bool:
+    """Whether this step's update was skipped; the same on every rank by construction (a
+    non-finite loss poisons the gradients, and the overflow check uses the all-reduced
+    gradient norm). A split verdict or a non-finite loss that was applied would mean diverged
+    replicas or corrupted weights, so it stops the run rather than continuing silently."""
+    skipped_ranks = totals["skipped_ranks"]
+    group_size = parallel.dp_size * parallel.cp_size
+    if 0 < skipped_ranks < group_size:
+        raise RuntimeError(f"step {step}: {skipped_ranks} of {group_size} ranks skipped the update and the "
+                           "others applied it; the replicas would diverge")
+    if not skipped_ranks and not math.isfinite(totals["loss_sum"]):
+        raise RuntimeError(f"step {step}: the loss is not finite but DeepSpeed applied the update; the weights "
+                           "are not trustworthy (resume from the last checkpoint)")
+    return skipped_ranks > 0
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    """JSON has no NaN/inf: a skipped step's loss or norm is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _collective_device(group):
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _any_rank(flag: bool, dist) -> bool:
@@ -209,7 +290,7 @@ def _any_rank(flag: bool, dist) -> bool:
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device(None))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
 
