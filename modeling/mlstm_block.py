@@ -16,7 +16,7 @@ from modeling.config import ModelConfig
 from modeling.layers import (
     CausalDepthwiseConv, HeadwiseLinear, MultiHeadLayerNorm, small_init_, wang_init_,
 )
-from modeling.rope import apply_rope, rope_angles
+from modeling.rope import apply_rope, rope_cos_sin
 
 
 def _gate_precision(gate: torch.Tensor) -> torch.Tensor:
@@ -62,13 +62,14 @@ class MLSTMBlock(nn.Module):
         i, f = self.igate(qkv), self.fgate(qkv)
         pe = self.cfg.position_encoding
         if pe == "rope_inner":
-            ang = rope_angles(positions, self.inner, self.cfg.rope_theta)
-            q, k = apply_rope(q, ang), apply_rope(k, ang)
+            cos, sin = rope_cos_sin(positions, self.inner, self.cfg.rope_theta, self.cfg.max_position_id, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))
         q, k, v = split(q), split(k), split(v)
         if pe == "rope_head":
-            ang = rope_angles(positions, self.head_dim, self.cfg.rope_theta).unsqueeze(-2)
-            q, k = apply_rope(q, ang), apply_rope(k, ang)
+            cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta, self.cfg.max_position_id, q.dtype)
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)          # broadcast over heads
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v, i, f
 
     def _output(self, h, x_c, z):

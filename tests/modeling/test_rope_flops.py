@@ -4,13 +4,17 @@ import math
 import torch
 
 from modeling import ModelConfig, flops_per_token, load_model_config
-from modeling.rope import apply_rope, rope_angles
+import pytest
+
+from modeling import rope
+from modeling.rope import apply_rope, rope_angles, rope_cos_sin
 
 
 def test_rope_is_complex_rotation_of_interleaved_pairs():
     x = torch.randn(2, 7, 12, dtype=torch.float64)
     pos = torch.randint(0, 3000, (2, 7))
-    out = apply_rope(x, rope_angles(pos, 12, 500000.0))
+    ang = rope_angles(pos, 12, 500000.0)
+    out = apply_rope(x, ang.cos(), ang.sin())
     j = torch.arange(6, dtype=torch.float64)
     theta = pos.double().unsqueeze(-1) * 500000.0 ** (-2 * j / 12)
     ref = torch.view_as_real(torch.view_as_complex(x.view(2, 7, 6, 2)) * torch.polar(torch.ones_like(theta), theta))
@@ -21,10 +25,23 @@ def test_rope_scores_depend_on_relative_position_only():
     q, k = torch.randn(2, 16), torch.randn(2, 16)
     def score(pq, pk):
         ang = rope_angles(torch.tensor([pq, pk]), 16, 10000.0)
-        rq, rk = apply_rope(q, ang[:1]), apply_rope(k, ang[1:])
+        cos, sin = ang.cos().float(), ang.sin().float()
+        rq, rk = apply_rope(q, cos[:1], sin[:1]), apply_rope(k, cos[1:], sin[1:])
         return (rq * rk).sum(-1)
     assert torch.allclose(score(5, 2), score(105, 102), atol=1e-4)
     assert not torch.allclose(score(5, 2), score(5, 3), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("max_position", [2047, 1 << 20], ids=["table", "direct"])
+def test_rope_cos_sin_equals_float64_cos_sin_cast(dtype, max_position):
+    positions = torch.randint(0, 2048, (3, 50))
+    positions[0, :3] = torch.tensor([0, 2047, 5000])            # 5000 is clamped at the bound
+    cos, sin = rope_cos_sin(positions, 64, 500000.0, max_position, dtype)
+    ang = rope_angles(positions.clamp(0, max_position), 64, 500000.0)
+    assert cos.dtype == sin.dtype == dtype and cos.shape == (3, 50, 32)
+    assert torch.equal(cos, ang.cos().to(dtype)) and torch.equal(sin, ang.sin().to(dtype))
+    assert ((max_position, 64) in {(k[2], k[0]) for k in rope._TABLES}) == (max_position == 2047)
 
 
 def test_flops_hand_count_prot_26m():
