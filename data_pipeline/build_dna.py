@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, refuse_finished_build, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import ConfigError
-from data_pipeline.readers import read_fasta
+from data_pipeline.readers import read_fasta, require_files
 from data_pipeline.tokenizers import DNATokenizer
 
 
@@ -36,6 +36,7 @@ def dna_samples(inputs: list[str], window_len: int = 32768, min_window_len: int 
         raise ConfigError(f"--split-by {split_by!r}: choose 'window' or 'record'")
     if window_len < min_window_len or min_window_len < 1:
         raise ConfigError(f"--window-len {window_len} must be >= --min-window-len {min_window_len} >= 1")
+    require_files(inputs)
     tokenizer = DNATokenizer(unknown=unknown)
     samples: list[Sample] = []
     stats = {"records": 0, "bases": 0, "n_run_bases": 0, "dropped_short_bases": 0}
@@ -73,6 +74,9 @@ def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_l
     refuse_finished_build(out)
     samples, stats = dna_samples(inputs, window_len, min_window_len, min_n_run, split_by,
                                  unknown, progress)
+    require_samples(samples, inputs, f"no window of >= --min-window-len={min_window_len} bases outside "
+                    f"N-runs of >= --min-n-run={min_n_run} ({stats['bases']} bases read); "
+                    "lower --min-window-len or add input")
     args = {"inputs": [str(p) for p in inputs], "window_len": window_len,
             "min_window_len": min_window_len, "min_n_run": min_n_run, "split_by": split_by,
             "unknown": unknown, "val_fraction": val_fraction, "seed": seed, "shard_mb": shard_mb}

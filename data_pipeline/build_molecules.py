@@ -12,25 +12,35 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, refuse_finished_build, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
-from data_pipeline.readers import open_text
+from data_pipeline.readers import input_errors, open_text
 from data_pipeline.tokenizers import SmilesTokenizer
 
 ACYCLIC_DOMAIN = "<acyclic>"  # molecules without rings have an empty Murcko scaffold
 INVALID_EXAMPLES = 20
 
 
+def _csv_rows(reader, path: str):
+    """(line, row) after the header line; line = where the row ends (quoted fields may span lines)."""
+    try:
+        for row in reader:
+            yield reader.line_num + 1, row
+    except csv.Error as err:
+        raise InputFormatError(f"{path} line {reader.line_num + 1}: not valid CSV ({err}); "
+                               "check quoting") from None
+
+
 def _rows(path: str):
     """(line, smiles, domain or None) from a CSV with a 'smiles' column or a SMILES list."""
-    with open_text(path) as handle:
+    with input_errors(path), open_text(path) as handle:
         first = handle.readline()
         header = [h.strip().lower() for h in first.rstrip("\r\n").split(",")]
         if "smiles" in header:
             reader = csv.reader(handle)
             smiles_col = header.index("smiles")
             domain_col = header.index("domain") if "domain" in header else None
-            for number, row in enumerate(reader, start=2):
+            for number, row in _csv_rows(reader, path):
                 if not row:
                     continue
                 if len(row) != len(header):
@@ -87,7 +97,7 @@ def molecule_samples(inputs: list[str], min_domain_size: int = 2, max_molecules:
 
 
 def _has_domain_column(path: str) -> bool:
-    with open_text(path) as handle:
+    with input_errors(path), open_text(path) as handle:
         return "domain" in [h.strip().lower() for h in handle.readline().split(",")]
 
 
@@ -96,6 +106,8 @@ def build_molecules(inputs: list[str], out: str, min_domain_size: int = 2,
                     shard_mb: float = 64.0, progress: bool = True) -> dict:
     refuse_finished_build(out)
     samples, stats = molecule_samples(inputs, min_domain_size, max_molecules, progress)
+    require_samples(samples, inputs, f"no domain has >= --min-domain-size={min_domain_size} valid "
+                    f"molecules ({stats['domains_found']} domains found); lower --min-domain-size")
     tokenizer = SmilesTokenizer.from_corpus(s for sample in samples for s in sample.sequences)
     for sample in samples:
         sample.tokens = sum(len(tokenizer.encode(s)) for s in sample.sequences)

@@ -2,7 +2,10 @@
 
 Every builder produces `Sample`s (one per cluster / domain / DNA window) tagged with the
 group that decides its split; this module is the only place that writes a build, so all
-modalities share the same determinism, atomicity and no-overwrite guarantees.
+modalities share the same determinism, atomicity and no-overwrite guarantees. A build that
+fails while writing (disk full, no permission) removes every file and folder it created, so
+it leaves a finished build or nothing of its own; an interrupted one leaves finished shards
+but no manifest.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.errors import OutputExistsError
+from data_pipeline.errors import BuildWriteError, InputFormatError, OutputExistsError
 from data_pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SPLITS, write_manifest
 from data_pipeline.shards import ShardWriter, sha256_file
 
@@ -77,9 +80,17 @@ def _raw_bytes(sample: Sample) -> int:
     return sum(len(s) + 1 for s in sample.sequences)
 
 
+def require_samples(samples: list[Sample], inputs, hint: str) -> None:
+    """A build without samples would give a manifest every loader refuses: stop before writing."""
+    if not samples:
+        raise InputFormatError(f"{', '.join(map(str, inputs))}: nothing to build: {hint}")
+
+
 def refuse_finished_build(out_dir: str | Path) -> None:
     """Builders call this before reading any input, so the refusal comes at once."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a directory; choose another --out")
     if (out / MANIFEST_NAME).exists():
         raise OutputExistsError(f"{out / MANIFEST_NAME} exists: {out} holds a finished build; "
                                 "choose another --out or delete it yourself")
@@ -95,23 +106,75 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def _missing_dirs(out: Path) -> list[Path]:
+    """`out` and the parents a build would create for it, deepest first."""
+    missing = []
+    while not out.exists() and out != out.parent:
+        missing.append(out)
+        out = out.parent
+    return missing
+
+
+def _remove_own_files(files: list[Path], created_dirs: list[Path]) -> None:
+    """Undo a failed build: its shards, temporaries and manifest, then the folders it created."""
+    for path in files:
+        path.unlink(missing_ok=True)
+        path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
+    for folder in created_dirs:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty: someone else wrote there meanwhile; leave it and its parents
+
+
 def write_build(out_dir: str | Path, modality: str, samples: list[Sample], tokenizer,
                 build_args: dict, stats: dict, val_fraction: float, seed: int,
                 shard_bytes: int, progress: bool = True) -> dict:
-    """Split, write every shard atomically, then the manifest; returns the manifest."""
-    out = prepare_out_dir(out_dir)
+    """Split, write every shard atomically, then the manifest; returns the manifest.
+
+    An error removes what this call wrote (and the folders it created); an OSError while
+    writing becomes a BuildWriteError naming the output folder and the file being written."""
+    out = Path(out_dir)
+    refuse_finished_build(out)
+    created_dirs = _missing_dirs(out)
+    written: list[Path] = []
+    bar = tqdm(total=len(samples), desc=f"writing {modality} shards", unit="sample",
+               disable=not progress)
+    try:
+        prepare_out_dir(out)
+        manifest = _write_shards(out, modality, samples, tokenizer, build_args, stats, val_fraction,
+                                 seed, shard_bytes, bar, written)
+        written.append(out / MANIFEST_NAME)
+        write_manifest(out, manifest)
+    except Exception as err:  # an interrupt (Ctrl-C) keeps finished shards; a rerun completes them
+        _remove_own_files(written, created_dirs)
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+            failed_on = written[-1].name if written else "the folder"
+            raise BuildWriteError(f"{out}: cannot write the build ({reason}, writing {failed_on}); "
+                                  "removed the files it had written; free disk space or choose "
+                                  "another --out") from None
+        raise
+    finally:
+        bar.close()
+    return manifest
+
+
+def _write_shards(out: Path, modality: str, samples: list[Sample], tokenizer, build_args: dict,
+                  stats: dict, val_fraction: float, seed: int, shard_bytes: int, bar,
+                  written: list[Path]) -> dict:
+    """Every shard of both splits; `written` grows before each file is opened (for cleanup)."""
     splits = assign_splits(samples, val_fraction, seed)
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "modality": modality,
         "tokenizer": tokenizer.to_dict(), "build_args": build_args, "stats": stats,
         "seed": seed, "val_fraction": val_fraction, "splits": {},
     }
-    bar = tqdm(total=len(samples), desc=f"writing {modality} shards", unit="sample",
-               disable=not progress)
     for split in SPLITS:
         shard_entries = []
         for shard_index, shard_samples in enumerate(_layout(splits[split], shard_bytes)):
             name = f"{split}-{shard_index:05d}.tar"
+            written.append(out / name)
             with ShardWriter(out / name) as writer:
                 for sample_index, sample in enumerate(shard_samples):
                     key = f"{split}-{shard_index:05d}-{sample_index:06d}"
@@ -130,6 +193,4 @@ def write_build(out_dir: str | Path, modality: str, samples: list[Sample], token
             "tokens": sum(e["tokens"] for e in shard_entries),
             "groups": len({s.split_group for s in splits[split]}),
         }
-    bar.close()
-    write_manifest(out, manifest)
     return manifest

@@ -10,20 +10,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.build_output import Sample, refuse_finished_build, write_build
+from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
-from data_pipeline.readers import accession_keys, open_text, read_family_file, read_fasta
+from data_pipeline.readers import accession_keys, input_errors, open_text, read_family_file, read_fasta
 from data_pipeline.tokenizers import ProteinTokenizer
 
 
 def _normalize(tokenizer: ProteinTokenizer, sequence: str, unknown: str, where: str) -> str:
-    return tokenizer.decode(tokenizer.encode_bytes(sequence.upper(), unknown, where=where))
+    return tokenizer.decode(tokenizer.encode_bytes(sequence, unknown, where=where))
 
 
 def read_cluster_table(path: str) -> dict[str, list[tuple[str, int]]]:
     """representative -> [(member, line)] in table order."""
     clusters: dict[str, list[tuple[str, int]]] = {}
-    with open_text(path) as handle:
+    with input_errors(path), open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -105,6 +105,8 @@ def build_protein(inputs: list[str], out: str, clusters: str | None = None, unkn
     else:
         samples, stats = family_samples(inputs, unknown, min_members, progress)
         samples = samples[:max_clusters] if max_clusters is not None else samples
+    require_samples(samples, inputs, f"no cluster or family with >= --min-members={min_members} "
+                    "members (and --max-clusters > 0); lower --min-members or add input")
     args = {"inputs": [str(p) for p in inputs], "clusters": clusters, "unknown": unknown,
             "min_members": min_members, "max_clusters": max_clusters,
             "val_fraction": val_fraction, "seed": seed, "shard_mb": shard_mb}

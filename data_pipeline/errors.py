@@ -35,5 +35,9 @@ class OutputExistsError(DataPipelineError):
     """The build would overwrite an existing build; nothing is written."""
 
 
+class BuildWriteError(DataPipelineError):
+    """Writing the build failed (disk full, no permission); the files it wrote are removed."""
+
+
 class LoaderStateError(DataPipelineError):
     """A loader state_dict does not fit the loader it is loaded into."""

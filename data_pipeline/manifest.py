@@ -19,10 +19,18 @@ SPLITS = ("train", "validation")
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> Path:
+    """Temp file, fsync, rename: a reader sees no manifest or a whole one, never a half."""
     path = Path(out_dir) / MANIFEST_NAME
     temp = path.with_name(f".{MANIFEST_NAME}.partial")
-    temp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(temp, path)
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return path
 
 

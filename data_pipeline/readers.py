@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import string
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,27 +31,56 @@ class SequenceRecord:
         return f"{self.source} record {self.name!r} (line {self.line})"
 
 
+# Upper-casing ASCII only: str.upper() would turn e.g. 'ı' into 'I' or 'ﬀ' into 'FF' and let
+# a non-ASCII character pass as residues.
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+def ascii_upper(text: str) -> str:
+    return text.translate(_ASCII_UPPER)
+
+
+def require_files(paths) -> None:
+    """Fail before any work if an input is missing (builders stat inputs for progress bars)."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputFormatError(f"{path}: no such file; check the path")
+
+
 def open_text(path: str | Path) -> io.TextIOBase:
-    """Text handle for plain or gzip files (detected by magic bytes, not by extension)."""
+    """Text handle for plain or gzip files (detected by magic bytes, not by extension).
+
+    UTF-8 with an optional byte-order mark; read inside `input_errors(path)` so that decoding
+    and gzip problems become one InputFormatError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputFormatError(f"{path}: no such file; check the path")
-    with open(path, "rb") as handle:
-        magic = handle.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
-    return open(path, encoding="utf-8")
+    with input_errors(path):
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+        if magic == b"\x1f\x8b":
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="strict")
+        return open(path, encoding="utf-8-sig")
 
 
-def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+@contextmanager
+def input_errors(path: str | Path):
+    """Turn the ways reading a text input fails into one InputFormatError naming the file."""
     try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
+        yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise InputFormatError(f"{path}: truncated or corrupt gzip ({err}); re-download the file") from None
     except UnicodeDecodeError as err:
-        raise InputFormatError(f"{path}: not a text file ({err}); pass FASTA/A3M/Stockholm text") from None
+        raise InputFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                               "pass a plain or gzipped text file") from None
+    except OSError as err:
+        raise InputFormatError(f"{path}: cannot read ({err.strerror or err}); check the file") from None
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    with input_errors(path), open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            yield number, line.rstrip("\r\n")
 
 
 def read_fasta(path: str | Path, alignment: bool = False) -> Iterator[SequenceRecord]:
@@ -63,7 +94,7 @@ def read_fasta(path: str | Path, alignment: bool = False) -> Iterator[SequenceRe
     def finish() -> SequenceRecord:
         sequence = "".join(chunks)
         if alignment:
-            sequence = sequence.replace("-", "").replace(".", "").upper()
+            sequence = ascii_upper(sequence.replace("-", "").replace(".", ""))
         if not sequence:
             raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
                                    "remove the empty record")
@@ -119,7 +150,7 @@ def read_stockholm(path: str | Path) -> Iterator[SequenceRecord]:
     if not order:
         raise InputFormatError(f"{source}: no sequences in Stockholm file")
     for name in order:
-        sequence = "".join(pieces[name]).replace("-", "").replace(".", "").upper()
+        sequence = ascii_upper("".join(pieces[name]).replace("-", "").replace(".", ""))
         if not sequence:
             raise InputFormatError(f"{source} line {first_line[name]}: sequence {name!r} is all gaps")
         yield SequenceRecord(name, sequence, source, first_line[name])

@@ -66,16 +66,24 @@ class ShardWriter:
 
     def close(self) -> None:
         """Finish the archive, flush it to disk, then rename it to its final name."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.temp_path, self.path)
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
         self.closed = True
 
     def abort(self) -> None:
-        self._tar.close()
-        self._file.close()
+        """Drop the temporary file; closing may fail again (a full disk), which changes nothing."""
+        for close in (self._tar.close, self._file.close):
+            try:
+                close()
+            except OSError:
+                pass
         self.temp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":

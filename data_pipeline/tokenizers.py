@@ -71,7 +71,9 @@ class _CharTokenizer(_VocabTokenizer):
         for char, index in self.char_ids().items():
             table[ord(char)] = chr(index)
         self._table = table
-        self._bad = re.compile(f"[^\\x00-{chr(self.vocab_size - 1)}]")
+        # Checked on the input, not on the translated ids: a control or punctuation character
+        # whose code point happens to be < vocab_size must not pass as a special-token id.
+        self._unknown = re.compile(f"[^{re.escape(''.join(sorted(self.char_ids())))}]")
 
     def char_ids(self) -> dict[str, int]:
         raise NotImplementedError
@@ -80,14 +82,12 @@ class _CharTokenizer(_VocabTokenizer):
         """Ids as one byte each (all char vocabularies are < 256): the fast path for builders."""
         policy = unknown or self.unknown
         _check_policy(policy)
-        translated = sequence.translate(self._table)
-        bad = self._bad.search(translated)
+        bad = self._unknown.search(sequence)
         if bad is not None:
             if policy == "error":
                 raise self._unknown_error(sequence[bad.start()], bad.start(), where)
-            wildcard = chr(self.token_to_id[self.wildcard])
-            translated = self._bad.sub(wildcard, translated)
-        return translated.encode("latin-1")
+            sequence = self._unknown.sub(self.wildcard, sequence)
+        return sequence.translate(self._table).encode("latin-1")
 
     def encode(self, sequence: str, unknown: str | None = None, where: str | None = None) -> list[int]:
         return list(self.encode_bytes(sequence, unknown, where))
