@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunkwise_fw import dot_precision, head_dim_tile
+from kernels.mlstm.chunkwise_fw import dot_precision, head_dim_tile, kernel_buffer
 
 
 @triton.jit
@@ -220,8 +220,8 @@ def chunk_state_grads(q, b, m_row, dh, normalizer, dden, m_states, dC_final, dn_
     B, H, S, Dqk = q.shape
     Dv = dh.shape[-1]
     NC = S // chunk_size
-    dC = torch.full((B, H, NC + 1, Dqk, Dv), float("nan"), dtype=torch.float32, device=q.device)
-    dn = torch.full((B, H, NC + 1, Dqk), float("nan"), dtype=torch.float32, device=q.device)
+    dC = kernel_buffer((B, H, NC + 1, Dqk, Dv), torch.float32, q.device)
+    dn = kernel_buffer((B, H, NC + 1, Dqk), torch.float32, q.device)
     BK, BV = head_dim_tile(Dqk), head_dim_tile(Dv)
     grid = (B * H, triton.cdiv(Dqk, BK), triton.cdiv(Dv, BV))
     _chunk_state_grads_kernel[grid](
@@ -245,11 +245,11 @@ def chunk_input_grads(q, k, v, i, b, m_row, dh, normalizer, dden, states, state_
     tiles_k = triton.cdiv(Dqk, BK)
     # fp32 buffers, rounded once by torch: Triton's interpreter truncates on fp32 -> bf16 stores,
     # and the gradients are worth the extra bytes
-    dq = torch.full(q.shape, float("nan"), dtype=torch.float32, device=q.device)
-    dk = torch.full_like(dq, float("nan"))
-    dv = torch.full(v.shape, float("nan"), dtype=torch.float32, device=v.device)
-    qdq = torch.full((tiles_k, B, H, S), float("nan"), dtype=torch.float32, device=q.device)
-    kdk = torch.full_like(qdq, float("nan"))
+    dq = kernel_buffer(q.shape, torch.float32, q.device)
+    dk = kernel_buffer(dq.shape, dq.dtype, dq.device)
+    dv = kernel_buffer(v.shape, torch.float32, v.device)
+    qdq = kernel_buffer((tiles_k, B, H, S), torch.float32, q.device)
+    kdk = kernel_buffer(qdq.shape, qdq.dtype, qdq.device)
     precision = dot_precision(q.dtype)
     _chunk_dqk_kernel[(B * H, NC, tiles_k)](
         q, k, v, i, b, m_row, dh, normalizer, dden, C, n, m, dC, dn, dq, dk, qdq, kdk,
