@@ -74,8 +74,8 @@ class ShardLoader:
         self._slots_cache: tuple = (None, [])
         self.epoch = 0
         self.worker_batches = [0] * self.num_workers
-        self.skipped_samples = 0
-        self.checksum_mismatches = 0
+        self.skipped_samples = 0  # items drawn whose sample could not be read (skip mode)
+        self.mismatched_shards: set[str] = set()  # shards whose sha256 differs from the manifest
         self.last_batch_keys: list[str | None] = []
         self._complement = (self.tokenizer.complement_table() if cfg.modality == "dna" else None)
 
@@ -129,7 +129,7 @@ class ShardLoader:
                 if self.cfg.on_corrupt == "error":
                     raise
                 # skip mode: keep reading; members that fail their zstd checksum are skipped
-                self.checksum_mismatches += 1
+                self.mismatched_shards.add(shard["name"])
                 warnings.warn(str(err), stacklevel=2)
             if (self.build_dir / shard["name"]).is_file() or self.cfg.on_corrupt == "error":
                 reader = ShardReader(self.build_dir / shard["name"], self.cfg.on_corrupt, shard["samples"])
@@ -175,6 +175,12 @@ class ShardLoader:
             row = formatters.molecules_icl(molecules, S, rng, tok, cfg.shuffle_members)
         return row, key
 
+    @property
+    def checksum_mismatches(self) -> int:
+        """Shards found changed or missing; a set, so a resumed loader that re-verifies a shard
+        does not count it twice."""
+        return len(self.mismatched_shards)
+
     # ------------------------------------------------------------------ iteration
     def _batch(self, epoch: int, worker: int, batch_index: int) -> dict[str, torch.Tensor]:
         B = self.micro_batch_size
@@ -216,6 +222,7 @@ class ShardLoader:
             "num_workers": self.num_workers, "context_len": self.context_len,
             "micro_batch_size": self.micro_batch_size, "items": len(self.items),
             "skipped_samples": self.skipped_samples,
+            "checksum_mismatch_shards": sorted(self.mismatched_shards),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -237,6 +244,7 @@ class ShardLoader:
         self.epoch = int(state["epoch"])
         self.worker_batches = batches
         self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.mismatched_shards |= set(state.get("checksum_mismatch_shards", ()))  # facts about files: keep both
 
 
 def build_loader(data_cfg: DataConfig, split: str, context_len: int, micro_batch_size: int,

@@ -166,12 +166,22 @@ class ShardReader:
         try:
             if len(payload) != location.size:
                 raise zstandard.ZstdError("member is truncated")
-            text = self._decompressor.decompress(payload).decode("ascii")
+            text = self._decode(payload).decode("ascii")
         except (zstandard.ZstdError, UnicodeDecodeError) as err:
             if self.on_corrupt == "error":
                 self._fail(location.member, f"cannot decode zstd member ({err})")
             return None
         return text.split("\n")
+
+    def _decode(self, payload: bytes) -> bytes:
+        """One whole zstd frame, streamed: a one-shot decompress would allocate whatever size
+        a damaged frame header claims (MemoryError); the frame checksum and the content size
+        are still checked, and a frame that ends early or has trailing bytes is refused."""
+        stream = self._decompressor.decompressobj()
+        data = stream.decompress(payload)
+        if not stream.eof or stream.unused_data:
+            raise zstandard.ZstdError("incomplete zstd frame or bytes after its end")
+        return data
 
     def close(self) -> None:
         if self._handle is not None:
