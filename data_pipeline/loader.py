@@ -58,6 +58,9 @@ class ShardLoader:
             raise ManifestError(f"{self.build_dir}/manifest.json holds {self.manifest['modality']!r} "
                                 f"shards but data.modality={cfg.modality!r}; fix one of them")
         self.tokenizer = load_tokenizer(self.manifest["tokenizer"])
+        if self.tokenizer.kind != cfg.modality:
+            raise ManifestError(f"{self.build_dir}/manifest.json: a {self.tokenizer.kind!r} tokenizer for "
+                                f"{cfg.modality!r} shards; the file was edited or damaged: rebuild the shards")
         self.shards = self.manifest["splits"][split]["shards"]
         if not self.shards:
             raise ManifestError(f"{self.build_dir}: the {split} split is empty; rebuild with more "

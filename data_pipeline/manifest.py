@@ -41,16 +41,55 @@ def read_manifest(build_dir: str | Path) -> dict:
         raise ManifestError(f"{path} not found: {build_dir} is not a finished build; run "
                             "`bioxlstm data build <modality> INPUT... --out DIR` first")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ManifestError(f"{path}: not valid JSON ({err}); rebuild the shards") from None
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or manifest.get("version") != MANIFEST_VERSION:
         raise ManifestError(f"{path}: format/version is not {MANIFEST_FORMAT} v{MANIFEST_VERSION}; "
                             "rebuild with this version of bioxlstm")
     for field in ("modality", "tokenizer", "splits"):
         if field not in manifest:
             raise ManifestError(f"{path}: field {field!r} missing; rebuild the shards")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; the file was edited or damaged: rebuild the shards")
     return manifest
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _structure_problem(manifest: dict) -> str | None:
+    """What the loader relies on, checked once here so a damaged manifest is one clear error
+    instead of a KeyError deep in the loader."""
+    if not isinstance(manifest["modality"], str):
+        return "field 'modality' is not a string"
+    if not isinstance(manifest["tokenizer"], dict):
+        return "field 'tokenizer' is not a mapping"
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), dict) for s in SPLITS):
+        return f"field 'splits' must map {' and '.join(SPLITS)} to their shards"
+    for split in SPLITS:
+        shards = splits[split].get("shards")
+        if not isinstance(shards, list):
+            return f"splits.{split}.shards is not a list"
+        for index, shard in enumerate(shards):
+            where = f"splits.{split}.shards.{index}"
+            if not isinstance(shard, dict):
+                return f"{where} is not a mapping"
+            name = shard.get("name")
+            if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+                return f"{where}.name={name!r} is not a file name inside the build folder"
+            if not isinstance(shard.get("sha256"), str):
+                return f"{where}.sha256 is missing or not a string"
+            if not _is_count(shard.get("samples")):
+                return f"{where}.samples={shard.get('samples')!r} is not a count"
+            tokens = shard.get("sample_tokens")
+            if not isinstance(tokens, list) or len(tokens) != shard["samples"] or not all(map(_is_count, tokens)):
+                return f"{where}.sample_tokens must list one token count per sample ({shard['samples']})"
+    return None
 
 
 def verify_shard(build_dir: str | Path, shard: dict) -> None:

@@ -270,15 +270,20 @@ def load_tokenizer(path_or_dict):
         source = str(path_or_dict)
         try:
             spec = json.loads(Path(path_or_dict).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot read tokenizer {source}: {err}; pass a tokenizer.json "
                               "written by Tokenizer.save") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{source}: not a mapping with 'type' and 'vocab'; pass Tokenizer.to_dict() output")
     kind = spec.get("type")
-    if kind not in TOKENIZER_TYPES:
+    if not isinstance(kind, str) or kind not in TOKENIZER_TYPES:
         raise ConfigError(f"{source}: field 'type'={kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")
     unknown = spec.get("unknown", "error")
     if kind == "molecules":
-        vocab = spec["vocab"]
+        vocab = spec.get("vocab")
+        if (not isinstance(vocab, list) or not all(isinstance(t, str) and t for t in vocab)
+                or len(set(vocab)) != len(vocab)):
+            raise ConfigError(f"{source}: field 'vocab' must list distinct non-empty token strings")
         if vocab[: len(SMILES_SPECIALS)] != SMILES_SPECIALS:
             raise ConfigError(f"{source}: SMILES vocab must start with {SMILES_SPECIALS}")
         tokenizer = SmilesTokenizer(vocab[len(SMILES_SPECIALS):], unknown)
