@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from data_pipeline.build_dna import build_dna
 from data_pipeline.build_molecules import build_molecules
 from data_pipeline.build_protein import build_protein
+from data_pipeline.demo import LAMBDA
 from data_pipeline.errors import DataPipelineError
 from data_pipeline.manifest import read_manifest
 from data_pipeline.readers import read_family_file, read_fasta
@@ -33,7 +34,7 @@ from launchers.main import main as bioxlstm
 from pretrain.config import load_run_config
 from pretrain.errors import ConfigError
 from tests.reliability.data_fuzz_inputs import (DNA_ALPHABET, PROTEIN_ALPHABET, STORED_DNA, STORED_PROTEIN,
-                                                alignment, check_user_error, cluster_input, fasta_text,
+                                                VALID_SMILES, alignment, check_user_error, cluster_input, fasta_text,
                                                 file_bytes, fuzz_settings, mutated, smiles_csv,
                                                 stored_sequences)
 
@@ -196,6 +197,76 @@ def test_raw_text_as_smiles_file(header, text):
     _molecule_build_or_error((header + text).encode("utf-8", "surrogatepass"), "smi")
 
 
+# --------------------------------------------------------------------------- build manifest
+@pytest.fixture(scope="module")
+def small_builds(tmp_path_factory):
+    """A 9-shard DNA build and a molecule build whose manifests the fuzzer damages."""
+    root = tmp_path_factory.mktemp("manifests")
+    build_dna([str(LAMBDA)], str(root / "dna"), window_len=2000, shard_mb=8000 / 2**20, val_fraction=0.1,
+              progress=False)
+    (root / "mols.csv").write_text("smiles,domain\n" + "".join(f"{s},d{i % 4}\n" for i, s in enumerate(VALID_SMILES)))
+    build_molecules([str(root / "mols.csv")], str(root / "molecules"), min_domain_size=1, val_fraction=0.3,
+                    progress=False)
+    return root
+
+
+def _json_paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _json_paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:3]):
+            yield from _json_paths(item, prefix + (index,))
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                        st.text(max_size=6), st.sampled_from(["../escape.tar", "", ".hidden", "train-00001.tar",
+                                                              "dna", "protein", "molecules", "clm"]),
+                        st.lists(st.integers(-1, 3000), max_size=4), st.just({}), st.just([]))
+
+
+@fuzz_settings(250)
+@given(st.data(), st.sampled_from(["dna", "molecules"]), st.booleans())
+def test_damaged_manifest_loads_or_fails_with_one_error(small_builds, data, modality, verify):
+    import json
+    import os
+
+    from data_pipeline.config import DataConfig
+    from data_pipeline.loader import build_loader
+
+    source = small_builds / modality
+    manifest = json.loads((source / "manifest.json").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_json_paths(manifest))[1:]))
+        node = manifest
+        for part in path[:-1]:
+            node = node[part]
+        if isinstance(node, dict) and data.draw(st.booleans()) and data.draw(st.booleans()):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = data.draw(JSON_VALUES)
+    text = json.dumps(manifest)
+    if data.draw(st.integers(0, 4)) == 0:
+        text = data.draw(mutated(text, ['"', "{", "}", "[", "]", ",", ":", "null", "-1"]))
+    with _workdir() as work:
+        build = Path(work)
+        for shard in source.glob("*.tar"):
+            os.symlink(shard, build / shard.name)
+        (build / "manifest.json").write_bytes(data.draw(file_bytes(text)))
+        cfg = DataConfig(modality=modality, shards=str(build), num_workers=1, verify_checksums=verify)
+        try:
+            for split in ("train", "validation"):
+                loader = build_loader(cfg, split, 32, 1)
+                for _, batch in zip(range(3), loader):
+                    assert batch["input_ids"].shape == (1, 32)
+            event("loaded")
+        except DataPipelineError as err:
+            event(f"refused: {type(err).__name__}")
+            message = str(err)
+            assert err.user_facing and "\n" not in message, message
+
+
 # ----------------------------------------------------------------------- run config YAML
 def _schema_paths() -> list[str]:
     """Every dotted key a run config may hold, plus the keys of the shipped demo config."""
@@ -308,7 +379,12 @@ def test_run_config_text_mutations_load_or_fail_with_one_error(config_dir, data,
             assert str(run) in message or str(base) in message, message
 
 
+GOOD_OVERRIDES = st.sampled_from([
+    "train.lr=3e-4", "train.seed=7", "train.betas=[0.9,0.99]", "train.zero_stage=2", "train.max_steps=null",
+    "data.num_workers=3", "data.on_corrupt=skip", "data.fim=false", "curriculum.stages.0.tokens=1e6",
+    "model.base=models/protein_tiny.yaml", "train.schedule=wsd", "parallel.context_parallel_size=1"])
 OVERRIDE = st.one_of(
+    GOOD_OVERRIDES, GOOD_OVERRIDES,
     st.builds(lambda key, value: f"{key}={value}", st.sampled_from(SCHEMA_PATHS), SCALAR_TEXT | st.text(max_size=10)),
     st.builds(lambda key, value: f"{key}={value}", st.sampled_from(SCHEMA_PATHS).flatmap(mutated), SCALAR_TEXT),
     st.text(max_size=30))
