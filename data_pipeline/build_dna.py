@@ -36,6 +36,8 @@ def dna_samples(inputs: list[str], window_len: int = 32768, min_window_len: int 
         raise ConfigError(f"--split-by {split_by!r}: choose 'window' or 'record'")
     if window_len < min_window_len or min_window_len < 1:
         raise ConfigError(f"--window-len {window_len} must be >= --min-window-len {min_window_len} >= 1")
+    if min_n_run < 1:  # N{0,} matches everywhere: every base would become its own segment
+        raise ConfigError(f"--min-n-run {min_n_run} must be >= 1")
     require_files(inputs)
     tokenizer = DNATokenizer(unknown=unknown)
     samples: list[Sample] = []
