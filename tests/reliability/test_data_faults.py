@@ -174,9 +174,9 @@ ls -A "$MNT"
 
 
 @pytest.mark.skipif(not _user_namespaces_work(), reason="needs unprivileged user+mount namespaces for a tmpfs")
-def test_real_full_tmpfs(tmp_path, previous_build):
+def test_real_full_tmpfs(tmp_path):
     """The same guarantees against the kernel's ENOSPC: a 96 KiB tmpfs holding a previous
-    (6-shard) build has no room for a second one."""
+    build (3 shards, 80 KiB) has no room for a second one (7 shards, 130 KiB)."""
     small_previous = tmp_path / "previous"
     build_dna([str(LAMBDA)], str(small_previous), window_len=2000, shard_mb=30000 / 2**20, val_fraction=0.1,
               progress=False)
