@@ -1,5 +1,5 @@
 """Fuzzing every parser a user feeds: FASTA (DNA, protein), cluster tables, Stockholm/A3M,
-SMILES CSV, run-config YAML and command-line overrides.
+SMILES CSV, a build's manifest.json, run-config YAML and command-line overrides.
 
 Property, for every drawn input: the parser accepts it and what it stores is clean (only
 vocabulary characters, canonical SMILES, a config that saves and loads back unchanged), or
@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gzip
+import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,15 +28,17 @@ from hypothesis import strategies as st
 from data_pipeline.build_dna import build_dna
 from data_pipeline.build_molecules import build_molecules
 from data_pipeline.build_protein import build_protein
+from data_pipeline.config import DataConfig
 from data_pipeline.demo import LAMBDA
 from data_pipeline.errors import DataPipelineError
+from data_pipeline.loader import build_loader
 from data_pipeline.manifest import read_manifest
 from data_pipeline.readers import read_family_file, read_fasta
 from data_pipeline.tokenizers import load_tokenizer
 from launchers.main import main as bioxlstm
 from pretrain.config import load_run_config
 from pretrain.errors import ConfigError
-from tests.reliability.data_fuzz_inputs import (DNA_ALPHABET, PROTEIN_ALPHABET, STORED_DNA, STORED_PROTEIN,
+from tests.reliability.data_fuzz_inputs import (DNA_ALPHABET, STORED_DNA, STORED_PROTEIN,
                                                 VALID_SMILES, alignment, check_user_error, cluster_input, fasta_text,
                                                 file_bytes, fuzz_settings, mutated, smiles_csv,
                                                 stored_sequences)
@@ -229,12 +234,6 @@ JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st
 @fuzz_settings(250)
 @given(st.data(), st.sampled_from(["dna", "molecules"]), st.booleans())
 def test_damaged_manifest_loads_or_fails_with_one_error(small_builds, data, modality, verify):
-    import json
-    import os
-
-    from data_pipeline.config import DataConfig
-    from data_pipeline.loader import build_loader
-
     source = small_builds / modality
     manifest = json.loads((source / "manifest.json").read_text())
     for _ in range(data.draw(st.integers(1, 3))):
@@ -296,8 +295,6 @@ SCALAR_TEXT = st.sampled_from(["3e-4", "1e9", "2001-02-30", "2001-02-03", ".nan"
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory):
     """A copy of configs/ (run configs find their model base relative to themselves)."""
-    import shutil
-
     target = tmp_path_factory.mktemp("configs") / "configs"
     shutil.copytree(CONFIGS, target)
     return target
