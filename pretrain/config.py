@@ -148,7 +148,7 @@ def _read_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
@@ -158,6 +158,28 @@ def _read_yaml(path: Path) -> Any:
         # ValueError: a date PyYAML cannot build (2001-02-30); RecursionError: absurd nesting
         raise ConfigError(f"{path}: not a readable YAML config ({type(error).__name__}: "
                           f"{' '.join(str(error).split())[:200]})") from None
+
+
+def _unique_key_loader():
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last one silently, so `lr:` written twice would train with whichever came last."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue                     # PyYAML itself refuses these below
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {str(key)!r} appears twice in one mapping; keep one",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def run_config_from_dict(raw: dict, source: str = "config") -> RunConfig:

@@ -92,6 +92,16 @@ def test_missing_base_file_is_one_clear_error(tmp_path):
         load_run_config(write_configs(tmp_path, RUN.replace("models/tiny.yaml", "models/none.yaml")))
 
 
+def test_a_key_given_twice_is_an_error_naming_file_line_and_key(tmp_path):
+    path = write_configs(tmp_path, RUN.replace("  lr: 3e-4\n", "  lr: 3e-4\n  lr: 1e-3\n"))
+    with pytest.raises(ConfigError, match=r"run\.yaml line 11 column 3: .*key 'lr' appears twice"):
+        load_run_config(path)
+    path = write_configs(tmp_path, RUN)
+    (tmp_path / "models" / "tiny.yaml").write_text("vocab_size: 38\nd_model: 32\nd_model: 64\n")
+    with pytest.raises(ConfigError, match=r"tiny\.yaml line 3 .*key 'd_model' appears twice"):
+        load_run_config(path)
+
+
 def test_resolved_config_round_trips_through_the_saved_yaml(tmp_path):
     cfg = load_run_config(write_configs(tmp_path, RUN), ["train.weight_decay=0.05"])
     saved = cfg.save(tmp_path / "run")
