@@ -24,8 +24,12 @@ Two gaps are closed here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
+
+from pretrain.errors import NonFiniteStepsError
 
 SKIPPED_REASON = "nonfinite loss/grad"
 
@@ -78,3 +82,17 @@ class BadStepCounter:
     @property
     def exhausted(self) -> bool:
         return self.in_a_row >= self.limit
+
+    def describe(self, step: int, loss: float) -> str:
+        """The console line of a skipped step."""
+        return (f"step {step}: non-finite loss or gradient norm (loss {loss}); update skipped on every rank "
+                f"({self.in_a_row} in a row, train.max_bad_steps={self.limit})")
+
+    def stop_error(self, step: int, latest: Optional[Path], metrics_path: Path) -> NonFiniteStepsError:
+        good = (f"The last good checkpoint is {latest}" if latest is not None
+                else "There is no checkpoint yet (a restart begins at step 0)")
+        return NonFiniteStepsError(
+            f"step {step}: {self.in_a_row} consecutive steps with a non-finite loss or gradient norm "
+            f"(train.max_bad_steps={self.limit}); stopped without writing a checkpoint. {good}; see the "
+            f"skipped steps in {metrics_path}. Lower train.lr or raise train.warmup_tokens, check the data "
+            "of those steps, then run again (it resumes from `latest`)")

@@ -78,7 +78,6 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     from pretrain.checkpoint import CheckpointManager, read_latest_tag
     from pretrain.curriculum import Curriculum
     from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
-    from pretrain.errors import NonFiniteStepsError
     from pretrain.metrics import MetricsLogger, SampleRecorder
     from pretrain.nonfinite import SKIPPED_REASON, BadStepCounter, drop_nonfinite_gradients, poison_nonfinite
     from pretrain.parallel import initialize_parallel
@@ -171,9 +170,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
         if skipped:
             record.update(skipped=SKIPPED_REASON, bad_steps_in_a_row=bad_steps.in_a_row)
             if parallel.rank == 0:
-                bar.write(f"step {state.step}: non-finite loss or gradient norm (loss {train_loss}); update "
-                          f"skipped on every rank ({bad_steps.in_a_row} in a row, train.max_bad_steps="
-                          f"{bad_steps.limit})")
+                bar.write(bad_steps.describe(state.step, train_loss))
         at_log_step = state.step % cfg.train.log_every == 0 or state.step == last_step
         if at_log_step:
             record.update(metrics.throughput(state.tokens))
@@ -212,13 +209,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     latest_tag = read_latest_tag(checkpoints.root)
     latest = checkpoints.root / latest_tag if latest_tag else None
     if bad_steps.exhausted:
-        good = (f"The last good checkpoint is {latest}" if latest is not None
-                else "There is no checkpoint yet (a restart begins at step 0)")
-        raise NonFiniteStepsError(
-            f"step {state.step}: {bad_steps.in_a_row} consecutive steps with a non-finite loss or gradient norm "
-            f"(train.max_bad_steps={bad_steps.limit}); stopped without writing a checkpoint. {good}; "
-            f"see the skipped steps in {metrics.path}. Lower train.lr or raise train.warmup_tokens, check "
-            "the data of those steps, then run again (it resumes from `latest`)")
+        raise bad_steps.stop_error(state.step, latest, metrics.path)
     return TrainingResult("preempted" if stopped else "completed", state.step, state.tokens, state.stage,
                           state.last_val_loss, run_dir, latest)
 
