@@ -11,7 +11,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     process runs this with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set.
     A run directory (train.out_dir) that holds a checkpoint is resumed from its `latest`.
     Exit codes: 0 done; 75 checkpointed and stopped on SIGTERM/SIGUSR1 (run again to continue);
-    2 a configuration or checkpoint error (message on stderr).
+    2 a configuration or checkpoint error, a checkpoint that could not be written (disk full), or
+    train.max_bad_steps steps in a row with a non-finite loss (one line on stderr).
     """
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="run config, e.g. configs/prot_xlstm_102m.yaml or configs/demo_protein.yaml")
