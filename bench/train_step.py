@@ -206,8 +206,8 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
     By default nothing waits for the device inside the step. With `trainer_host_path` the step
     also does what pretrain/train.py does on the host around the engine: batches start in host
     memory and are copied per micro-batch, loss tokens are counted on the host, the loss is
-    copied to the host after every micro-batch and the step's loss and gradient norm are read
-    at its end (each copy to the host waits for the device)."""
+    summed on the device and read with the gradient norm at the step's end (each read waits for
+    the device)."""
     import torch
 
     from bench.step_profile import BACKWARD_RANGE, FORWARD_RANGE, OPTIMIZER_RANGE
@@ -219,7 +219,7 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
 
     def step():
         total = None
-        host_loss = torch.zeros((), dtype=torch.float64)
+        host_loss = torch.zeros((), dtype=torch.float64, device=device)
         if trainer_host_path:
             loss_tokens = sum(int((labels != -100).sum()) for _, labels in batches)
         for index, (ids, labels) in enumerate(batches):
@@ -232,7 +232,7 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
                 engine.backward(loss * scale, scale_wrt_gas=False)
             total = loss.detach() if total is None else total + loss.detach()
             if trainer_host_path:
-                host_loss += loss.detach().double().cpu()
+                host_loss += loss.detach().double()
         with torch.profiler.record_function(OPTIMIZER_RANGE):
             engine.step()
         if trainer_host_path:

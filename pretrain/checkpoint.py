@@ -114,8 +114,9 @@ def _ranks_with(flag: bool) -> list[int]:
     """The ranks where `flag` holds (a collective over all ranks)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [0] if flag else []
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    flags = torch.zeros(dist.get_world_size(), device=device)
+    from pretrain.parallel import collective_device
+
+    flags = torch.zeros(dist.get_world_size(), device=collective_device())
     flags[dist.get_rank()] = 1.0 if flag else 0.0
     dist.all_reduce(flags)
     return [rank for rank, value in enumerate(flags.tolist()) if value > 0]

@@ -168,7 +168,7 @@ class ParallelContext:
         """Sum of a per-rank token count over every data and context parallel rank."""
         total = torch.as_tensor(local_count, dtype=torch.float64).reshape(1)
         if self.world_size > 1:
-            total = total.to(_collective_device(self.dp_cp_group))
+            total = total.to(collective_device(self.dp_cp_group))
             dist.all_reduce(total, group=self.dp_cp_group)
         return int(total.item())
 
@@ -223,8 +223,9 @@ def split_sequence_for_cp(tensor: torch.Tensor, cp_rank: int, cp_size: int, dim:
     return tensor.narrow(dim, cp_rank * local, local)
 
 
-def _collective_device(group) -> torch.device:
-    """The device tensors must live on for collectives of `group` (CUDA for NCCL)."""
+def collective_device(group=None) -> torch.device:
+    """The device tensors must live on for collectives of `group` (CUDA for NCCL, which
+    rejects CPU tensors; CPU for gloo)."""
     if dist.get_backend(group) == dist.Backend.NCCL:
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -138,15 +138,15 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
         local_tokens = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
         global_tokens = parallel.global_token_count(local_tokens)
         scale = parallel.loss_scale(global_tokens, ds_config)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        device = engine.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)   # on the device: no sync per micro-batch
         for index, batch in enumerate(micro_batches):
             engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
-            device = engine.device
             logits = engine(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                             cp_group=cp_group)
             loss = summed_token_loss(logits, batch["labels"].to(device))
             engine.backward(poison_nonfinite(loss) * scale, scale_wrt_gas=False)  # NaN grads if non-finite
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
         dropped = drop_nonfinite_gradients(engine, group=None)   # ZeRO-0 fp32; DeepSpeed checks the others
         if not dropped:
             engine.step()
@@ -233,11 +233,13 @@ def _step_totals(loss_sum, skipped: bool, loader, parallel) -> dict:
     import torch
     import torch.distributed as dist
 
+    from pretrain.parallel import collective_device
+
     values = torch.tensor([float(loss_sum), 1.0 if skipped else 0.0,
                            float(getattr(loader, "skipped_samples", 0)),
                            float(getattr(loader, "checksum_mismatches", 0))], dtype=torch.float64)
     if parallel.world_size > 1:
-        values = values.to(_collective_device(parallel.dp_cp_group))
+        values = values.to(collective_device(parallel.dp_cp_group))
         dist.all_reduce(values, group=parallel.dp_cp_group)
     loss, skipped_ranks, skipped_samples, mismatches = values.tolist()
     return {"loss_sum": loss, "skipped_ranks": int(skipped_ranks),
@@ -266,22 +268,15 @@ def _finite_or_none(value: Optional[float]) -> Optional[float]:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _collective_device(group):
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend(group) == dist.Backend.NCCL:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def _any_rank(flag: bool, dist) -> bool:
     """One rank asked to stop = every rank stops at this step (they must checkpoint together)."""
     import torch
 
+    from pretrain.parallel import collective_device
+
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device(None))
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
 

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.engine import summed_token_loss
+from pretrain.parallel import collective_device
 
 
 def validation_loss(engine, cfg, plan, parallel, max_batches: int, cp_group=None) -> float:
@@ -29,5 +30,6 @@ def validation_loss(engine, cfg, plan, parallel, max_batches: int, cp_group=None
             totals[1] += int((batch["labels"] != -100).sum())
     engine.train()
     if parallel.world_size > 1:
+        totals = totals.to(collective_device(parallel.dp_cp_group))
         dist.all_reduce(totals, group=parallel.dp_cp_group)
     return float(totals[0] / totals[1].clamp(min=1))
