@@ -29,3 +29,13 @@ def test_help_explains_every_option():
             assert option in result.stdout
     bare = subprocess.run([sys.executable, "-m", "launchers.main", "launch"], capture_output=True, text=True)
     assert bare.returncode == 2 and "slurm" in bare.stdout and "local" in bare.stdout
+
+
+def test_a_worker_reports_a_user_facing_error_in_one_line_with_exit_2(run_config):
+    """What a rank of `launch local` prints when the trainer refuses (here: no shards built yet)."""
+    result = subprocess.run([sys.executable, "-m", "launchers.worker", "--config", str(run_config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "manifest.json" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
