@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer_processes import REPO, read_logs, run_ranks, sigterm_when, start_ranks, wait_all
+from trainer_processes import ONE_LINE_ERRORS, REPO, read_logs, run_ranks, sigterm_when, start_ranks, wait_all
 
 from pretrain.metrics import read_metrics
 
@@ -148,7 +148,7 @@ def test_damaged_or_incompatible_checkpoint_is_refused_with_one_clear_error(refe
     checkpoint = run_dir / "checkpoints" / f"step_{STEPS:08d}"
 
     codes = run_ranks(1, ["--config", config, "model.d_model=48"], tmp_path / "logs_model",
-                      preamble=_one_line_errors())
+                      preamble=ONE_LINE_ERRORS)
     log = (tmp_path / "logs_model" / "rank0.log").read_text()
     assert codes == [2] and "model.d_model (checkpoint 32, config 48)" in log, log
 
@@ -156,20 +156,6 @@ def test_damaged_or_incompatible_checkpoint_is_refused_with_one_clear_error(refe
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    codes = run_ranks(WORLD, ["--config", config], tmp_path / "logs_damaged", preamble=_one_line_errors())
+    codes = run_ranks(WORLD, ["--config", config], tmp_path / "logs_damaged", preamble=ONE_LINE_ERRORS)
     log = (tmp_path / "logs_damaged" / "rank0.log").read_text()
     assert codes == [2, 2] and "mp_rank_00_model_states.pt: size/sha256 differ" in log, log
-
-
-def _one_line_errors() -> str:
-    """Make the driver behave like the `bioxlstm` CLI: user-facing errors -> one line, exit 2."""
-    return ("import sys, pretrain.train as t\n"
-            "_main = t.main\n"
-            "def main(argv):\n"
-            "    try:\n"
-            "        return _main(argv)\n"
-            "    except Exception as e:\n"
-            "        if getattr(e, 'user_facing', False):\n"
-            "            print('error:', e, flush=True); return 2\n"
-            "        raise\n"
-            "t.main = main\n")

@@ -21,6 +21,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Preamble that makes a rank behave like the `bioxlstm` CLI: user-facing errors -> one line, exit 2.
+ONE_LINE_ERRORS = ("import pretrain.train as _t\n"
+                   "_main = _t.main\n"
+                   "def main(argv):\n"
+                   "    try:\n"
+                   "        return _main(argv)\n"
+                   "    except Exception as e:\n"
+                   "        if getattr(e, 'user_facing', False):\n"
+                   "            print('error:', e, flush=True); return 2\n"
+                   "        raise\n"
+                   "_t.main = main\n")
+
+
 def start_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") -> list:
     """Popen one process per rank. `preamble` is python run before the trainer (test hooks)."""
     port = free_port()

@@ -21,7 +21,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "pretrain"))
 
-from trainer_processes import REPO, read_logs, start_ranks, wait_all  # noqa: E402
+from trainer_processes import ONE_LINE_ERRORS, REPO, read_logs, start_ranks, wait_all  # noqa: E402
 
 WORLD = 2
 STEPS = 6
@@ -52,16 +52,7 @@ def fault_preamble(faults: dict) -> str:
     """Python run in each rank before the trainer: install the faults, and make user-facing errors
     one line + exit 2 as the `bioxlstm` CLI does."""
     return (f"import sys\nsys.path.insert(0, {str(HERE)!r})\n"
-            f"import training_fault_hooks\ntraining_fault_hooks.install({faults!r})\n"
-            "import pretrain.train as _t\n_main = _t.main\n"
-            "def main(argv):\n"
-            "    try:\n"
-            "        return _main(argv)\n"
-            "    except Exception as e:\n"
-            "        if getattr(e, 'user_facing', False):\n"
-            "            print('error:', e, flush=True); return 2\n"
-            "        raise\n"
-            "_t.main = main\n")
+            f"import training_fault_hooks\ntraining_fault_hooks.install({faults!r})\n" + ONE_LINE_ERRORS)
 
 
 def run_ranks_with_faults(config: Path, log_dir: Path, faults: dict, world: int = WORLD) -> list[int]:
