@@ -78,8 +78,11 @@ def write_manifest(checkpoint_dir: Path, facts: dict) -> Path:
     return manifest
 
 
-def verify_checkpoint(checkpoint_dir: Path) -> dict:
-    """Check every file against the manifest; returns the manifest or raises CheckpointError."""
+def verify_checkpoint(checkpoint_dir: Path, part: tuple[int, int] = (0, 1)) -> dict:
+    """Check every file against the manifest; returns the manifest or raises CheckpointError.
+
+    `part=(k, n)` hashes only every n-th file from the k-th (in name order), so n ranks can
+    share the work (`verify_checkpoint_on_all_ranks`)."""
     manifest_path = checkpoint_dir / MANIFEST_NAME
     earlier = (f"resume from an earlier checkpoint: write the tag of a complete one (a step_* directory "
                f"with a {MANIFEST_NAME}) into {checkpoint_dir.parent / LATEST_MARKER}")
@@ -93,7 +96,7 @@ def verify_checkpoint(checkpoint_dir: Path) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__}: {error}); the checkpoint "
                               f"is damaged, {earlier}") from None
-    for name, (expected_bytes, expected_sha) in expected_sizes.items():
+    for name, (expected_bytes, expected_sha) in sorted(expected_sizes.items())[part[0]::part[1]]:
         path = checkpoint_dir / name
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in {manifest_path.name} but missing; the checkpoint is damaged, "
@@ -102,6 +105,25 @@ def verify_checkpoint(checkpoint_dir: Path) -> dict:
         if size != expected_bytes or _sha256(path) != expected_sha:
             raise CheckpointError(f"{path}: size/sha256 differ from {manifest_path.name} ({size} bytes, expected "
                                   f"{expected_bytes}); the checkpoint is damaged, {earlier}")
+    return manifest
+
+
+def verify_checkpoint_on_all_ranks(checkpoint_dir: Path) -> dict:
+    """`verify_checkpoint` with the files split over the ranks, so each file is read once per
+    resume instead of once per rank; every rank raises the same error if any part is damaged."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return verify_checkpoint(checkpoint_dir)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    manifest, error = None, None
+    try:
+        manifest = verify_checkpoint(checkpoint_dir, part=(rank, world))
+    except CheckpointError as found:
+        error = str(found)
+    errors = [None] * world
+    dist.all_gather_object(errors, error)
+    first = next((message for message in errors if message is not None), None)
+    if first is not None:
+        raise CheckpointError(first)
     return manifest
 
 
@@ -215,7 +237,7 @@ class CheckpointManager:
         root = Path(checkpoint_root) if checkpoint_root is not None else self.root
         directory = root / tag
         if verify:
-            verify_checkpoint(directory)
+            verify_checkpoint_on_all_ranks(directory)
         state_path = directory / train_state_name(self.rank)
         if not state_path.is_file():
             raise CheckpointError(f"{state_path}: missing; the checkpoint was written by fewer ranks. "

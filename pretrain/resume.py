@@ -72,11 +72,11 @@ def _load(state, engine, checkpoints, root, tag) -> dict:
 
     import torch
 
-    from pretrain.checkpoint import train_state_name, verify_checkpoint
+    from pretrain.checkpoint import train_state_name, verify_checkpoint_on_all_ranks
 
     # peek at rank 0's train state before DeepSpeed loads anything, to refuse a wrong model early
     directory = root / tag
-    verify_checkpoint(directory)
+    verify_checkpoint_on_all_ranks(directory)
     peek = torch.load(directory / train_state_name(0), map_location="cpu", weights_only=False)
     check_compatible(peek, state, directory)
     saved = checkpoints.load(engine, tag, checkpoint_root=root, verify=False)

@@ -1,0 +1,65 @@
+"""Resume-time checkpoint verification shared by the ranks: every file is hashed by exactly one
+rank, and a damaged file found by any rank is reported by every rank with the same message."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "context_parallel"))
+from spawn_ranks import run_ranks  # noqa: E402
+
+from pretrain.checkpoint import verify_checkpoint, write_manifest  # noqa: E402
+from pretrain.errors import CheckpointError  # noqa: E402
+
+FILES = [f"shard_{index}.pt" for index in range(5)]
+
+
+def make_checkpoint(directory: Path) -> Path:
+    directory.mkdir()
+    for index, name in enumerate(FILES):
+        (directory / name).write_bytes(bytes(range(index, index + 200)) * (index + 1))
+    write_manifest(directory, {"step": 7})
+    return directory
+
+
+def verify_as_rank(rank, world_size, directory):
+    from pretrain.checkpoint import verify_checkpoint_on_all_ranks
+
+    try:
+        return "ok", verify_checkpoint_on_all_ranks(Path(directory))["step"]
+    except CheckpointError as error:
+        return "error", str(error)
+
+
+def test_parts_cover_every_file_once(tmp_path):
+    directory = make_checkpoint(tmp_path / "step_7")
+    for world in (1, 2, 3, 7):
+        damaged_seen = []
+        for name in FILES:
+            original = (directory / name).read_bytes()
+            (directory / name).write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+            failing = []
+            for rank in range(world):
+                try:
+                    verify_checkpoint(directory, part=(rank, world))
+                except CheckpointError as error:
+                    assert name in str(error)
+                    failing.append(rank)
+            (directory / name).write_bytes(original)
+            damaged_seen.append(failing)
+        assert all(len(failing) == 1 for failing in damaged_seen), (world, damaged_seen)
+
+
+@pytest.mark.parametrize("damaged", [0, 1], ids=["file-of-rank0", "file-of-rank1"])
+def test_every_rank_reports_the_damage_any_rank_found(tmp_path, damaged):
+    directory = make_checkpoint(tmp_path / "step_7")
+    target = directory / sorted(FILES)[damaged]          # with 2 ranks: hashed by rank `damaged`
+    target.write_bytes(target.read_bytes()[:-3])
+    results = run_ranks(verify_as_rank, 2, str(directory))
+    assert [status for status, _ in results] == ["error", "error"]
+    assert results[0][1] == results[1][1] and f"{target}: size/sha256 differ" in results[0][1]
+
+
+def test_an_intact_checkpoint_passes_on_every_rank(tmp_path):
+    directory = make_checkpoint(tmp_path / "step_7")
+    assert run_ranks(verify_as_rank, 2, str(directory)) == [("ok", 7), ("ok", 7)]
