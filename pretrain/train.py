@@ -113,7 +113,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     bar = tqdm(total=last_step, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=parallel.rank != 0 or not cfg.train.progress)
     plan, loader, batches, stopped = None, None, None, False
-    bad_steps, checkpoint_due = BadStepCounter(cfg.train.max_bad_steps), False
+    bad_steps, checkpoint_due = BadStepCounter(cfg.train.max_bad_steps, state.bad_steps_in_a_row), False
 
     # ---------------------------------------------------------------- loop
     engine.train()
@@ -160,6 +160,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
         train_loss = totals["loss_sum"] / global_tokens
         skipped = _skip_verdict(totals, parallel, state.step)
         bad_steps.update(skipped)
+        state.bad_steps_in_a_row = bad_steps.in_a_row
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         record = {"loss": _finite_or_none(train_loss), "lr": lr, "tokens": state.tokens, "stage": plan.index,

@@ -2,7 +2,9 @@
 
 Step, tokens, curriculum stage, this rank's loader position, the RNG states of python, numpy
 and torch (CPU and CUDA), the hash of the run config and the model config it was trained with
-(a resume with another model config is refused). One per rank in every checkpoint.
+(a resume with another model config is refused), and the current streak of skipped
+non-finite steps (a preemption must not reset the train.max_bad_steps count). One per rank in
+every checkpoint.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class TrainState:
     config_hash: str = ""
     model_config: dict = field(default_factory=dict)
     last_val_loss: Optional[float] = None
+    bad_steps_in_a_row: int = 0          # skipped non-finite steps ending at `step` (train.max_bad_steps)
     rng: Optional[dict] = None           # filled by state_dict(), applied by load_state_dict()
 
     def state_dict(self) -> dict:
@@ -49,7 +52,8 @@ class TrainState:
             "version": STATE_VERSION, "step": self.step, "tokens": self.tokens, "stage": self.stage,
             "loader_state": self.loader_state, "rank": self.rank, "world_size": self.world_size,
             "config_hash": self.config_hash, "model_config": self.model_config,
-            "last_val_loss": self.last_val_loss, "rng": capture_rng_state(),
+            "last_val_loss": self.last_val_loss, "bad_steps_in_a_row": self.bad_steps_in_a_row,
+            "rng": capture_rng_state(),
         }
 
     def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
@@ -58,6 +62,7 @@ class TrainState:
         for name in ("step", "tokens", "stage", "loader_state", "rank", "world_size", "config_hash",
                      "model_config", "last_val_loss"):
             setattr(self, name, state[name])
+        self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))   # absent before it was saved
         self.rng = state["rng"]
         if restore_rng:
             restore_rng_state(self.rng)

@@ -109,6 +109,24 @@ def test_nonfinite_steps_are_skipped_on_every_rank_and_k_in_a_row_stop_the_run(s
                 assert record["after"]["optimizer"] != record["before"]["optimizer"], (rank, step)
 
 
+def test_the_bad_step_streak_survives_a_stop_and_resume(shards, tmp_path):
+    """Steps 3 and 4 are bad, and the run stops after step 4 (train.max_steps=4, its checkpoint
+    holds the streak of 2). Resumed without the stop, step 5 is bad too: with
+    train.max_bad_steps=3 the resumed run stops at step 5, as the uninterrupted run would."""
+    config = write_config(tmp_path, shards, steps=8, max_bad_steps=BAD_STEPS_LIMIT)
+    run_dir = tmp_path / "run"
+    first = run_ranks_with_faults(config, tmp_path / "logs1", {"nonfinite": [
+        {"kind": "loss_nan", "steps": [3, 4], "ranks": [0, 1]}]}, overrides=["train.max_steps=4"])
+    assert first == [0] * WORLD, read_logs(tmp_path / "logs1")
+    assert latest_tag(run_dir) == "step_00000004"
+    second = run_ranks_with_faults(config, tmp_path / "logs2", {"nonfinite": [   # step 1 of this process
+        {"kind": "loss_nan", "steps": [1], "ranks": [0, 1]}]})
+    log = read_logs(tmp_path / "logs2")
+    assert second == [EXIT_USER_ERROR] * WORLD, log
+    assert "error: step 5: 3 consecutive steps with a non-finite loss or gradient norm" in log, log
+    assert [r.get("bad_steps_in_a_row") for r in read_metrics(run_dir)] == [None, None, 1, 2, 3]
+
+
 # ------------------------------------------------------------------------------ crashes and restarts
 @pytest.fixture(scope="module")
 def reference(shards, tmp_path_factory) -> Path:

@@ -55,8 +55,10 @@ def fault_preamble(faults: dict) -> str:
             f"import training_fault_hooks\ntraining_fault_hooks.install({faults!r})\n" + ONE_LINE_ERRORS)
 
 
-def run_ranks_with_faults(config: Path, log_dir: Path, faults: dict, world: int = WORLD) -> list[int]:
-    return wait_all(start_ranks(world, ["--config", config], log_dir, preamble=fault_preamble(faults)), log_dir)
+def run_ranks_with_faults(config: Path, log_dir: Path, faults: dict, world: int = WORLD,
+                          overrides: tuple = ()) -> list[int]:
+    return wait_all(start_ranks(world, ["--config", config, *overrides], log_dir, preamble=fault_preamble(faults)),
+                    log_dir)
 
 
 def child_environ(**extra: str) -> dict[str, str]:
