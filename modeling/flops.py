@@ -1,8 +1,10 @@
 """Training FLOPs per token (forward + backward = 3x forward; multiply-add = 2 FLOPs).
 
-Counts matmuls and the mLSTM chunkwise cell: per head and token 4*L*Dh (intra-chunk scores
-and their values, L = min(chunk_size, context_len)) + 4*Dh^2 (state read and state update);
-the cell's cost does not grow with the context beyond one chunk. Element-wise work is ignored.
+Counts matmuls and the mLSTM chunkwise cell: per head and token 2*L*Dh (intra-chunk scores
+and their values over the causal half of the chunk, on average L/2 keys per query, L =
+min(chunk_size, context_len); the masked half a kernel may compute is not useful work, as in
+bench/kernels.py and the attention baselines) + 4*Dh^2 (state read and state update); the
+cell's cost does not grow with the context beyond one chunk. Element-wise work is ignored.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def _mlstm_block_forward(cfg: ModelConfig, context_len: int) -> float:
     matmul += 3 * 2 * inner * cfg.qk_block_size                  # headwise q, k, v
     matmul += 2 * 2 * 3 * inner * H                              # input and forget gates
     matmul += 2 * cfg.conv_kernel_size * inner                   # depthwise conv
-    cell = H * (4 * L * dh + 4 * dh * dh)
+    cell = H * (2 * L * dh + 4 * dh * dh)                        # causal half of the chunk
     return matmul + cell
 
 
