@@ -132,18 +132,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _ranks_with(flag: bool) -> list[int]:
-    """The ranks where `flag` holds (a collective over all ranks)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [0] if flag else []
-    from pretrain.parallel import collective_device
-
-    flags = torch.zeros(dist.get_world_size(), device=collective_device())
-    flags[dist.get_rank()] = 1.0 if flag else 0.0
-    dist.all_reduce(flags)
-    return [rank for rank, value in enumerate(flags.tolist()) if value > 0]
-
-
 def _free_space(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
@@ -207,7 +195,9 @@ class CheckpointManager:
     def _agree_or_raise(self, directory: Path, failure: Optional[BaseException]) -> None:
         """Collective: if the write failed on any rank, rank 0 removes the partial directory and
         every rank raises the same CheckpointWriteError (the barrier of a successful save)."""
-        failed = _ranks_with(failure is not None)
+        from pretrain.parallel import ranks_with
+
+        failed = ranks_with(failure is not None)
         if not failed:
             return
         if self.rank == 0:

@@ -231,6 +231,17 @@ def collective_device(group=None) -> torch.device:
     return torch.device("cpu")
 
 
+def ranks_with(flag: bool) -> list[int]:
+    """The ranks of the default group where `flag` holds (a collective over all ranks), e.g. so
+    that every rank stops, or fails, together when one of them must."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [0] if flag else []
+    flags = torch.zeros(dist.get_world_size(), device=collective_device())
+    flags[dist.get_rank()] = 1.0 if flag else 0.0
+    dist.all_reduce(flags)
+    return [rank for rank, value in enumerate(flags.tolist()) if value > 0]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -65,7 +65,6 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     import os
 
     import torch
-    import torch.distributed as dist
     from tqdm import tqdm
 
     os.environ.setdefault("LOCAL_RANK", "0")            # DeepSpeed asserts it; unset in a single process
@@ -80,7 +79,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
     from pretrain.metrics import MetricsLogger, SampleRecorder
     from pretrain.nonfinite import SKIPPED_REASON, BadStepCounter, drop_nonfinite_gradients, poison_nonfinite
-    from pretrain.parallel import initialize_parallel
+    from pretrain.parallel import initialize_parallel, ranks_with
     from pretrain.resume import restore_run_position
     from pretrain.schedule import learning_rate
     from pretrain.train_state import TrainState
@@ -184,7 +183,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
         # ------------------------------------------------------------ stop, validate, checkpoint
         if bad_steps.exhausted:
             break
-        stopped = _any_rank(preemption.stop_requested(), dist)
+        stopped = bool(ranks_with(preemption.stop_requested()))   # one asks = all stop and checkpoint together
         done = state.step == last_step
         if not stopped and (done or (cfg.train.eval_every and state.step % cfg.train.eval_every == 0)):
             state.last_val_loss = validation_loss(engine, cfg, plan, parallel, cfg.train.eval_batches, cp_group)
@@ -267,19 +266,6 @@ def _skip_verdict(totals: dict, parallel, step: int) -> bool:
 def _finite_or_none(value: Optional[float]) -> Optional[float]:
     """JSON has no NaN/inf: a skipped step's loss or norm is written as null."""
     return value if value is not None and math.isfinite(value) else None
-
-
-def _any_rank(flag: bool, dist) -> bool:
-    """One rank asked to stop = every rank stops at this step (they must checkpoint together)."""
-    import torch
-
-    from pretrain.parallel import collective_device
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
 
 
 def main(argv: Optional[list] = None) -> int:
