@@ -138,6 +138,23 @@ def reference(shards, tmp_path_factory) -> Path:
     return base / "run"
 
 
+def launch_and_signal_rank1_in_step4(config: Path, tmp_path: Path, signal_name: str, timeout: float):
+    """`launch_local` with 2 ranks; rank 1 gets `signal_name` after its first forward of step 4.
+    Returns the launcher's exit code and log once it has ended; no rank may outlive it."""
+    probe_dir = tmp_path / "probe"
+    launcher = start_launcher(config, tmp_path / "logs", {"signal_mid_step": {"rank": 1, "step": 4,
+                                                                             "signal": signal_name},
+                                                          "probe_dir": str(probe_dir)})
+    pids = rank_pids(probe_dir)
+    try:
+        code = wait_launcher(launcher, tmp_path / "logs", timeout=timeout)
+        log = launcher_log(tmp_path / "logs")
+        assert not any(process_alive(pid) for pid in pids), log
+    finally:
+        kill_leftovers(pids)
+    return code, log
+
+
 def test_sigkill_of_one_rank_mid_step_fails_the_job_fast_and_the_restart_loses_at_most_the_unsaved_steps(
         shards, reference, tmp_path):
     """Rank 1 is SIGKILLed inside step 4 (after its first forward, before the backward) under
@@ -146,18 +163,10 @@ def test_sigkill_of_one_rank_mid_step_fails_the_job_fast_and_the_restart_loses_a
     `bioxlstm launch local` resumes at step 2 (one finished step lost, <= checkpoint_every) and
     ends with the uninterrupted run's curve, bit for bit."""
     config = write_config(tmp_path, shards)
-    run_dir, probe_dir = tmp_path / "run", tmp_path / "probe"
-    launcher = start_launcher(config, tmp_path / "logs", {"signal_mid_step": {"rank": 1, "step": 4,
-                                                                             "signal": "SIGKILL"},
-                                                          "probe_dir": str(probe_dir)})
-    pids = rank_pids(probe_dir)
-    try:
-        code = wait_launcher(launcher, tmp_path / "logs", timeout=120)
-        assert code == 128 + signal.SIGKILL, launcher_log(tmp_path / "logs")
-        assert "rank 1 exited with code -9; stopping the other ranks" in launcher_log(tmp_path / "logs")
-        assert not any(process_alive(pid) for pid in pids)
-    finally:
-        kill_leftovers(pids)
+    run_dir = tmp_path / "run"
+    code, log = launch_and_signal_rank1_in_step4(config, tmp_path, "SIGKILL", timeout=120)
+    assert code == 128 + signal.SIGKILL, log
+    assert "rank 1 exited with code -9; stopping the other ranks" in log
     assert [r[0] for r in curve(run_dir)] == [1, 2, 3]
     assert latest_tag(run_dir) == "step_00000002"
     finished, saved = 3, 2
@@ -177,20 +186,11 @@ def test_a_hung_rank_makes_the_others_fail_after_the_collective_timeout(shards, 
     train.collective_timeout_s=15 expires, fails, and the launcher then kills the frozen rank:
     the job ends (non-zero) instead of hanging, and the step-2 checkpoint is intact."""
     config = write_config(tmp_path, shards, collective_timeout_s=15)
-    run_dir, probe_dir = tmp_path / "run", tmp_path / "probe"
-    launcher = start_launcher(config, tmp_path / "logs", {"signal_mid_step": {"rank": 1, "step": 4,
-                                                                             "signal": "SIGSTOP"},
-                                                          "probe_dir": str(probe_dir)})
-    pids = rank_pids(probe_dir)
-    try:
-        code = wait_launcher(launcher, tmp_path / "logs", timeout=180)
-        log = launcher_log(tmp_path / "logs")
-        assert code == 1, log
-        assert "rank 0 exited with code 1; stopping the other ranks" in log
-        assert "Timed out waiting 15000ms" in log, log                # gloo, with our timeout
-        assert not any(process_alive(pid) for pid in pids)
-    finally:
-        kill_leftovers(pids)
+    run_dir = tmp_path / "run"
+    code, log = launch_and_signal_rank1_in_step4(config, tmp_path, "SIGSTOP", timeout=180)
+    assert code == 1, log
+    assert "rank 0 exited with code 1; stopping the other ranks" in log
+    assert "Timed out waiting 15000ms" in log, log                # gloo, with our timeout
     assert latest_tag(run_dir) == "step_00000002"
     verify_checkpoint(run_dir / "checkpoints" / "step_00000002")
 
