@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
-from data_pipeline.readers import input_errors, open_text
+from data_pipeline.readers import open_text
 from data_pipeline.tokenizers import SmilesTokenizer
 
 ACYCLIC_DOMAIN = "<acyclic>"  # molecules without rings have an empty Murcko scaffold
@@ -33,7 +33,7 @@ def _csv_rows(reader, path: str):
 
 def _rows(path: str):
     """(line, smiles, domain or None) from a CSV with a 'smiles' column or a SMILES list."""
-    with input_errors(path), open_text(path) as handle:
+    with open_text(path) as handle:
         first = handle.readline()
         header = [h.strip().lower() for h in first.rstrip("\r\n").split(",")]
         if "smiles" in header:
@@ -97,7 +97,7 @@ def molecule_samples(inputs: list[str], min_domain_size: int = 2, max_molecules:
 
 
 def _has_domain_column(path: str) -> bool:
-    with input_errors(path), open_text(path) as handle:
+    with open_text(path) as handle:
         return "domain" in [h.strip().lower() for h in handle.readline().split(",")]
 
 

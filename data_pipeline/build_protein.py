@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
-from data_pipeline.readers import accession_keys, input_errors, open_text, read_family_file, read_fasta
+from data_pipeline.readers import accession_keys, open_text, read_family_file, read_fasta
 from data_pipeline.tokenizers import ProteinTokenizer
 
 
@@ -23,7 +23,7 @@ def _normalize(tokenizer: ProteinTokenizer, sequence: str, unknown: str, where: 
 def read_cluster_table(path: str) -> dict[str, list[tuple[str, int]]]:
     """representative -> [(member, line)] in table order."""
     clusters: dict[str, list[tuple[str, int]]] = {}
-    with input_errors(path), open_text(path) as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

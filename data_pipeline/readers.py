@@ -47,24 +47,28 @@ def require_files(paths) -> None:
             raise InputFormatError(f"{path}: no such file; check the path")
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Text handle for plain or gzip files (detected by magic bytes, not by extension).
-
-    UTF-8 with an optional byte-order mark; read inside `input_errors(path)` so that decoding
-    and gzip problems become one InputFormatError naming the file."""
+@contextmanager
+def open_text(path: str | Path) -> Iterator[io.TextIOBase]:
+    """`with open_text(path) as handle`: text of a plain or gzip file (detected by magic bytes,
+    not by extension), UTF-8 with an optional byte-order mark. Every way opening or reading it
+    fails (missing, truncated or corrupt gzip, not UTF-8, I/O error) is one InputFormatError
+    naming the file, also when it happens while the caller reads."""
     path = Path(path)
     if not path.is_file():
         raise InputFormatError(f"{path}: no such file; check the path")
-    with input_errors(path):
+    with _input_errors(path):
         with open(path, "rb") as handle:
             magic = handle.read(2)
         if magic == b"\x1f\x8b":
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="strict")
-        return open(path, encoding="utf-8-sig")
+            text = io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="strict")
+        else:
+            text = open(path, encoding="utf-8-sig")
+        with text:
+            yield text
 
 
 @contextmanager
-def input_errors(path: str | Path):
+def _input_errors(path: Path):
     """Turn the ways reading a text input fails into one InputFormatError naming the file."""
     try:
         yield
@@ -78,7 +82,7 @@ def input_errors(path: str | Path):
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    with input_errors(path), open_text(path) as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             yield number, line.rstrip("\r\n")
 
