@@ -81,7 +81,8 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
 
 
 @torch.compiler.disable
-def mlstm_chunkwise_triton(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+def mlstm_chunkwise_triton(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+                           resets=None):
     """Chunkwise mLSTM on Triton (semantics of docs/INTERFACES.md, DESIGN.md section 3).
 
     q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S) gate pre-activations; S a multiple of
@@ -91,6 +92,11 @@ def mlstm_chunkwise_triton(q, k, v, i, f, initial_state=None, return_final_state
     """
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
+    if resets is not None:
+        from kernels.errors import BackendUnavailableError
+        raise BackendUnavailableError(
+            "mLSTM backend 'triton' does not take state resets (packed documents) yet; "
+            "use backend='torch' or data.packing=false")
     _check_chunking(S, chunk_size, on_gpu=q.is_cuda)
     if initial_state is None:
         C0 = torch.zeros(B, H, Dqk, Dv, dtype=torch.float32, device=q.device)
