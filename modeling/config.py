@@ -104,6 +104,16 @@ class ModelConfig:
         """sLSTM block feed-forward width (official `_proj_up_dim` of the gated FFN)."""
         return _rounded(self.ffn_proj_factor * self.d_model, self.ffn_multiple_of, self.ffn_rounding)
 
+    def rounds_up(self, what: str = "proj") -> bool:
+        """Whether the official up/down rounding flag (`round_proj_up_dim_up`) reproduces this
+        config's width: "nearest" becomes whichever of the two gives the same width."""
+        rounding, multiple = getattr(self, f"{what}_rounding"), getattr(self, f"{what}_multiple_of")
+        if rounding != "nearest":
+            return rounding == "up"
+        factor = self.proj_factor if what == "proj" else self.ffn_proj_factor
+        width = self.inner_dim if what == "proj" else self.ffn_dim
+        return _rounded(factor * self.d_model, multiple, "up") == width
+
     def reverses_block(self, index: int) -> bool:
         """Whether block `index` of an alternating stack runs right to left."""
         return index % 2 == (0 if self.reversed_blocks == "even" else 1)
@@ -121,17 +131,19 @@ class ModelConfig:
         fields without sLSTM blocks, RoPE fields without RoPE) are left out. Two configs with
         equal architecture dicts compute the same function of the same weights."""
         out = self.to_dict()
-        drop = {"chunk_size", "kernel_backend"}
+        # the rounding rules matter only through the widths they give
+        out["inner_dim"], out["ffn_dim"] = self.inner_dim, self.ffn_dim
+        drop = {"chunk_size", "kernel_backend", "proj_factor", "proj_multiple_of", "proj_rounding",
+                "ffn_proj_factor", "ffn_multiple_of", "ffn_rounding"}
         has_mlstm = len(self.slstm_positions) < self.num_blocks
         rope = has_mlstm and self.position_encoding != "none"
         if not has_mlstm:
-            drop |= {"num_heads", "proj_factor", "proj_multiple_of", "proj_rounding", "qk_block_size",
-                     "mlstm_bias", "gates_after_rope", "position_encoding"}
+            drop |= {"num_heads", "inner_dim", "qk_block_size", "mlstm_bias", "gates_after_rope",
+                     "position_encoding"}
         if not rope:
             drop |= {"rope_theta", "max_position_id", "gates_after_rope", "reversed_positions"}
         if not self.slstm_positions:
-            drop |= {"slstm_num_heads", "slstm_gate_layout", "ffn_proj_factor", "ffn_multiple_of",
-                     "ffn_rounding"}
+            drop |= {"slstm_num_heads", "slstm_gate_layout", "ffn_dim"}
         if self.bidirectional != "weight_tied":
             drop.add("bidirectional_residual")
         if self.bidirectional != "alternating":
