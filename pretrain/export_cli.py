@@ -62,7 +62,7 @@ def _register_export(subparsers) -> None:
                "  bioxlstm export runs/p26 official/prot-26m --format protxlstm\n"
                "  bioxlstm export exports/dna-2m official/dna-2m --format dnaxlstm   "
                "# -> official/dna-2m/checkpoints/last.ckpt")
-    parser.add_argument("checkpoint", metavar="RUN",
+    parser.add_argument("checkpoint", metavar="CKPT_DIR",
                         help="a run directory (its `latest` checkpoint is used), one checkpoint "
                              "directory RUN/checkpoints/<tag>, or (with --format) an export directory")
     parser.add_argument("out", metavar="OUT_DIR", help="directory to create for the export")
