@@ -28,7 +28,9 @@ def _label_counts(loader, max_batches: int | None) -> list[int]:
 def unigram_cross_entropy(data_cfg: DataConfig, context_len: int, max_train_batches: int = 256) -> float:
     cfg = dataclasses.replace(data_cfg, num_workers=1)
     train = build_loader(cfg, "train", context_len, 1)
-    train_counts = _label_counts(train, min(max_train_batches, len(train)))
+    # unpacked: at most one epoch; a packed stream has no fixed epoch length (and repeats are
+    # harmless to frequencies)
+    train_counts = _label_counts(train, max_train_batches if train.packing else min(max_train_batches, len(train)))
     val_counts = _label_counts(build_loader(cfg, "validation", context_len, 1), None)
     total = sum(train_counts) + len(train_counts)
     loss = sum(c * -math.log((train_counts[t] + 1) / total) for t, c in enumerate(val_counts))

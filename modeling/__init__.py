@@ -7,12 +7,14 @@
     logits_t, state = model.step(token_ids, state)            # causal models only
 """
 from modeling.config import ModelConfig
-from modeling.errors import ContextParallelError, ModelConfigError, ModelingError, StepModeError
+from modeling.errors import (
+    ContextParallelError, ModelConfigError, ModelingError, ModelInputError, StepModeError,
+)
 from modeling.flops import flops_per_token
 from modeling.model import XLSTMModel, build_model
 from modeling.presets import load_model_config
 
 __all__ = [
     "ModelConfig", "build_model", "flops_per_token", "XLSTMModel", "load_model_config",
-    "ModelingError", "ModelConfigError", "StepModeError", "ContextParallelError",
+    "ModelingError", "ModelConfigError", "ModelInputError", "StepModeError", "ContextParallelError",
 ]

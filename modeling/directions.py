@@ -5,6 +5,8 @@ reversed_positions) -> x_out, so activation checkpointing can wrap any of them a
 calls them all alike. `positions` are the clamped RoPE positions (B, S) of the left-to-right
 pass; `reversed_positions` (B, S) are those of a right-to-left pass, already in the flipped
 order (the model builds them by `ModelConfig.reversed_positions`; None for causal stacks).
+`resets` (modeling.documents.BlockResets, None unless the row is packed) tells each pass where
+documents begin in its own direction: a right-to-left pass resets at every document's end.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
-        return x + self.inner(x, positions, cp_group)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
+        return x + self.inner(x, positions, cp_group, resets=_forward(resets))
 
     def init_state(self, batch_size, device=None, dtype=torch.float32):
         return self.inner.init_state(batch_size, device, dtype)
@@ -41,8 +43,8 @@ class ReversedBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
-        return x + _reversed_branch(self.inner, x, reversed_positions, cp_group)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
+        return x + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets)
 
 
 class WeightTiedBidirectionalBlock(nn.Module):
@@ -55,8 +57,9 @@ class WeightTiedBidirectionalBlock(nn.Module):
         self.inner = inner
         self.whole_block = whole_block
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
-        both = self.inner(x, positions, cp_group) + _reversed_branch(self.inner, x, reversed_positions, cp_group)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
+        both = (self.inner(x, positions, cp_group, resets=_forward(resets))
+                + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets))
         return (2 * x if self.whole_block else x) + both
 
 
@@ -70,14 +73,24 @@ class RCSharedBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
         rc = reverse_complement_hidden
-        back = rc(self.inner(rc(x), reversed_positions, cp_group, reverse=cp_group is not None))
-        return x + self.inner(x, positions, cp_group) + back
+        back = rc(self.inner(rc(x), reversed_positions, cp_group, reverse=cp_group is not None,
+                             resets=_reverse(resets)))
+        return x + self.inner(x, positions, cp_group, resets=_forward(resets)) + back
 
 
-def _reversed_branch(inner, x, reversed_positions, cp_group):
-    out = inner(x.flip(1), reversed_positions, cp_group, reverse=cp_group is not None)
+def _forward(resets):
+    return None if resets is None else resets.forward
+
+
+def _reverse(resets):
+    return None if resets is None else resets.reverse
+
+
+def _reversed_branch(inner, x, reversed_positions, cp_group, resets):
+    out = inner(x.flip(1), reversed_positions, cp_group, reverse=cp_group is not None,
+                resets=_reverse(resets))
     return out.flip(1)
 
 

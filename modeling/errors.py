@@ -23,3 +23,9 @@ class ContextParallelError(ModelingError, RuntimeError):
     """A block or variant that cannot run with its sequence split across ranks."""
 
     user_facing = True
+
+
+class ModelInputError(ModelingError, ValueError):
+    """An input of the model's forward (e.g. document_starts) has the wrong type or shape."""
+
+    user_facing = True

@@ -36,6 +36,7 @@ CARD_FILE = "README.md"
 INFILL_MASK_CHAR = "?"
 MAX_FIM_SPANS = 5           # sentinels <mask-1> .. <mask-5> (DESIGN.md section 8, FIM)
 MAX_PROTEIN_POSITION = 2047  # position ids are clamped here in training (DESIGN.md section 8)
+PACK_ROW_TOKENS = 1024       # score/embed pack sequences into rows at least this long
 
 
 class InferenceError(ModelingError):
@@ -164,11 +165,52 @@ class BioXLSTM:
             return protein_position_ids(ids, self.tokenizer.cls_id, self.max_position)
         return list(range(len(ids)))
 
-    def _forward(self, ids: list[list[int]], positions: list[list[int]], return_hidden=False):
+    def _forward(self, ids: list[list[int]], positions: list[list[int]], return_hidden=False,
+                 document_starts=None):
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)
+        if document_starts is not None:
+            document_starts = torch.tensor(document_starts, dtype=torch.bool, device=self.device)
         with torch.no_grad():
-            return self.model(input_ids, position_ids=position_ids, return_hidden=return_hidden)
+            return self.model(input_ids, position_ids=position_ids, return_hidden=return_hidden,
+                              document_starts=document_starts)
+
+    def _packed_outputs(self, sequences: list[list[int]], batch_size: int, return_hidden=False) -> list:
+        """Logits (or hidden states) of every sequence, computed on packed rows: sequences placed
+        one after another (longest first) in rows as long as the longest one (at least
+        PACK_ROW_TOKENS), with a state reset at each, so each equals its own forward (exact for
+        every model, bidirectional and RC ones included); `batch_size` rows per forward."""
+        row_len = max(max(len(ids) for ids in sequences), PACK_ROW_TOKENS)
+        rows: list[list[int]] = []                          # sequence indices per row
+        room: list[int] = []
+        for n in sorted(range(len(sequences)), key=lambda n: -len(sequences[n])):
+            fit = next((r for r, left in enumerate(room) if left >= len(sequences[n])), None)
+            if fit is None:
+                rows.append([])
+                room.append(row_len)
+                fit = len(rows) - 1
+            rows[fit].append(n)
+            room[fit] -= len(sequences[n])
+        outputs: list = [None] * len(sequences)
+        pad = self.tokenizer.pad_id
+        for first in range(0, len(rows), batch_size):
+            batch = rows[first:first + batch_size]
+            ids, positions, starts = [], [], []
+            for row in batch:
+                row_ids = [t for n in row for t in sequences[n]]
+                row_pos = [p for n in row for p in self._positions(sequences[n])]
+                row_starts = [flag for n in row for flag in [True] + [False] * (len(sequences[n]) - 1)]
+                fill = row_len - len(row_ids)
+                ids.append(row_ids + [pad] * fill)
+                positions.append(row_pos + [0] * fill)
+                starts.append(row_starts + ([True] + [False] * (fill - 1) if fill else []))
+            out = self._forward(ids, positions, return_hidden, starts).float()
+            for r, row in enumerate(batch):
+                offset = 0
+                for n in row:
+                    outputs[n] = out[r, offset:offset + len(sequences[n])]
+                    offset += len(sequences[n])
+        return outputs
 
     # ---- scoring and embeddings ------------------------------------------------------------
 
@@ -181,15 +223,13 @@ class BioXLSTM:
             if len(self._start_ids()) + len(ids) < 2:
                 raise InferenceError(f"sequence {n}: a {self.modality} sequence needs at least 2 "
                                      "tokens to score (the first one is only conditioned on)")
-        scores: list[SequenceScore | None] = [None] * len(encoded)
-        for indices in _length_buckets(encoded, batch_size):
-            ids = [self._start_ids() + encoded[n] for n in indices]
-            logits = self._forward(ids, [self._positions(row) for row in ids]).float()
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = torch.tensor(ids, device=self.device)[:, 1:]
+        rows = [self._start_ids() + ids for ids in encoded]
+        scores = []
+        for ids, logits in zip(rows, self._packed_outputs(rows, batch_size)):
+            log_probs = torch.log_softmax(logits[:-1], dim=-1)
+            targets = torch.tensor(ids[1:], device=logits.device)
             token_ll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for row, n in enumerate(indices):
-                scores[n] = SequenceScore(float(token_ll[row].double().sum()), targets.shape[1])
+            scores.append(SequenceScore(float(token_ll.double().sum()), len(targets)))
         return scores
 
     def _pseudo_log_likelihood(self, sequence_ids: list[int]) -> SequenceScore:
@@ -215,13 +255,11 @@ class BioXLSTM:
         directions inside the model, so every token's vector uses the whole sequence."""
         encoded = [self._encode(s, f"sequence {n}") for n, s in enumerate(sequences)]
         offset = len(self._start_ids())
-        result: list[Embedding | None] = [None] * len(encoded)
-        for indices in _length_buckets(encoded, batch_size):
-            ids = [self._start_ids() + encoded[n] for n in indices]
-            hidden = self._forward(ids, [self._positions(row) for row in ids], return_hidden=True).float()
-            for row, n in enumerate(indices):
-                tokens = hidden[row, offset:].cpu()
-                result[n] = Embedding(tokens, tokens.mean(dim=0))
+        rows = [self._start_ids() + ids for ids in encoded]
+        result = []
+        for hidden in self._packed_outputs(rows, batch_size, return_hidden=True):
+            tokens = hidden[offset:].cpu()
+            result.append(Embedding(tokens, tokens.mean(dim=0)))
         return result
 
     # ---- generation ----------------------------------------------------------------------------
@@ -452,15 +490,3 @@ def _split_masked(masked_sequence: str) -> tuple[list[str], list[int]]:
         lengths.append(run)
     pieces.append("".join(current))
     return pieces, lengths
-
-
-def _length_buckets(encoded: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped by sequence length so no batch needs padding (exact for every model,
-    bidirectional ones included), each group at most `batch_size` long."""
-    by_length: dict[int, list[int]] = {}
-    for n, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(n)
-    buckets = []
-    for indices in by_length.values():
-        buckets += [indices[s: s + batch_size] for s in range(0, len(indices), batch_size)]
-    return buckets

@@ -73,12 +73,22 @@ class CausalDepthwiseConv(nn.Module):
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
 
-    def forward(self, x: torch.Tensor, halo: torch.Tensor | None = None) -> torch.Tensor:
-        """halo (B, K-1, C): the inputs preceding x (zeros = start of the sequence)."""
+    def forward(self, x: torch.Tensor, halo: torch.Tensor | None = None,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+        """halo (B, K-1, C): the inputs preceding x (zeros = start of the sequence).
+        visible (K, B, S) bool (packed documents, modeling/documents.py): whether the input j
+        steps back belongs to the same document; hidden inputs count as zeros."""
         if halo is None:
             halo = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
-        padded = torch.cat([halo, x], dim=1).transpose(1, 2)
-        return self.conv(padded).transpose(1, 2)
+        padded = torch.cat([halo, x], dim=1)
+        if visible is None:
+            return self.conv(padded.transpose(1, 2)).transpose(1, 2)
+        K, S = self.kernel_size, x.shape[1]
+        weight = self.conv.weight[:, 0]                                  # (C, K), tap K-1 = now
+        y = self.conv.bias + x * weight[:, K - 1]
+        for j in range(1, K):
+            y = y + padded[:, K - 1 - j:K - 1 - j + S] * visible[j].unsqueeze(-1) * weight[:, K - 1 - j]
+        return y
 
     def step(self, x_t: torch.Tensor, buffer: torch.Tensor):
         """x_t (B, C), buffer (B, K-1, C) of previous inputs -> (y_t (B, C), new buffer)."""

@@ -94,11 +94,13 @@ class MLSTMBlock(nn.Module):
         return self.proj_down(h * F.silu(z))
 
     # -- whole sequence ------------------------------------------------------------------------
-    def forward(self, x, positions=None, cp_group=None, reverse=False):
+    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None):
         """x (B, S, d) -> residual branch (B, S, d). `positions` (B, S) long (needed with RoPE).
 
         With `cp_group`, x is this rank's contiguous slice of the (already locally flipped when
         `reverse`) sequence: the conv halo and the mLSTM state come from the other ranks.
+        `resets` (modeling.documents.PassResets, in this pass's order): packed documents; the
+        conv and the mLSTM state start afresh at each.
         """
         from kernels import mlstm_chunkwise
 
@@ -107,18 +109,19 @@ class MLSTMBlock(nn.Module):
         if cp_group is not None:
             from kernels.mlstm.context_parallel import exchange_conv_halo
             halo = exchange_conv_halo(x_m, self.conv.kernel_size - 1, cp_group, reverse=reverse)
-        x_c = F.silu(self.conv(x_m, halo))
+        state_resets = None if resets is None else resets.state
+        x_c = F.silu(self.conv(x_m, halo, None if resets is None else resets.conv_visible))
         q, k, v, i, f = self._qkv_gates(x_m, x_c, positions)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))          # (B, H, S, Dh)
         i, f = _gate_precision(i.transpose(1, 2)), _gate_precision(f.transpose(1, 2))
         if cp_group is None:
             h = mlstm_chunkwise(q, k, v, i, f, chunk_size=self.cfg.chunk_size,
-                                backend=self.cfg.kernel_backend)
+                                backend=self.cfg.kernel_backend, resets=state_resets)
         else:
             from kernels.mlstm.context_parallel import mlstm_context_parallel
             h = mlstm_context_parallel(q, k, v, i, f, cp_group, reverse=reverse,
                                        chunk_size=self.cfg.chunk_size,
-                                       backend=self.cfg.kernel_backend)
+                                       backend=self.cfg.kernel_backend, resets=state_resets)
         return self._output(h.transpose(1, 2), x_c, z)
 
     # -- one token -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from modeling.directions import (
     CausalBlock, RCSharedBlock, ReversedBlock, WeightTiedBidirectionalBlock, no_step,
 )
 from modeling.dna_rc import complement_table, reverse_complement_ids, reverse_complement_logits
+from modeling.documents import DocumentLayout, check_document_starts
 from modeling.errors import ContextParallelError
 from modeling.layers import LayerNorm, small_init_
 from modeling.mlstm_block import MLSTMBlock
@@ -81,14 +82,14 @@ class XLSTMModel(nn.Module):
         return CausalBlock(block)
 
     # -- pieces ----------------------------------------------------------------------------------
-    def _embed(self, input_ids, sequence_index, cp_group):
+    def _embed(self, input_ids, sequence_index, documents):
         if self.rc_shared:
             x = F.embedding(input_ids, self.embedding.table())
         else:
             x = self.embedding(input_ids)
         if self.sequence_index_embedding is not None:
-            if sequence_index is None:
-                sequence_index = _running_count(input_ids == self.cfg.cls_token_id, cp_group) - 1
+            if sequence_index is None:       # running count of <cls> in the document, from 0
+                sequence_index = documents.running_count(input_ids == self.cfg.cls_token_id) - 1
             idx = sequence_index.clamp(0, self.cfg.num_sequence_index - 1)
             x = x + self.sequence_index_embedding(idx)
         return x
@@ -100,65 +101,72 @@ class XLSTMModel(nn.Module):
             weight = self.embedding.weight if self.head is None else self.head.weight
         return F.linear(hidden, weight)
 
-    def _positions(self, input_ids, position_ids, cp_group):
+    def _positions(self, position_ids, documents):
         """(positions, reversed_positions), clamped: the RoPE positions of the left-to-right pass
-        and those of the right-to-left passes in flipped order (None for a causal stack)."""
-        B, S = input_ids.shape
+        and those of the right-to-left passes in flipped order (None for a causal stack).
+        Without position_ids every document counts from 0 (the global index under CP when the
+        row is one document)."""
         cfg = self.cfg
-        offset, total = 0, S
-        if cp_group is not None:
-            import torch.distributed as dist
-            offset = dist.get_rank(group=cp_group) * S
-            total = dist.get_world_size(group=cp_group) * S
         if position_ids is None:
-            position_ids = (torch.arange(S, device=input_ids.device) + offset).expand(B, S)
+            position_ids = documents.since_start
         positions = position_ids.clamp(0, cfg.max_position_id)
         if self.rc_shared:                       # the RC strand's own left-to-right index
-            reversed_positions = (total - 1 - position_ids).flip(1)
+            length = documents.since_start + documents.to_end + 1
+            reversed_positions = (length - 1 - position_ids).flip(1)
         elif cfg.bidirectional == "none":
             return positions, None
         elif cfg.reversed_positions == "flipped_index":
-            # 0..S-1 along the flipped sequence; this rank's slice of it under CP
-            start = total - offset - S
-            reversed_positions = (torch.arange(S, device=input_ids.device) + start).expand(B, S)
+            # 0..L-1 along each flipped document (the global flipped index for one document)
+            reversed_positions = documents.to_end.flip(1)
         else:                                    # every token keeps its own position
             reversed_positions = position_ids.flip(1)
         return positions, reversed_positions.clamp(0, cfg.max_position_id)
 
-    def _trunk(self, input_ids, position_ids, cp_group, sequence_index):
-        positions, reversed_positions = self._positions(input_ids, position_ids, cp_group)
-        x = self._embed(input_ids, sequence_index, cp_group)
+    def _layout(self, input_ids, document_starts, cp_group) -> DocumentLayout:
+        check_document_starts(document_starts, input_ids)
+        B, S = input_ids.shape
+        return DocumentLayout(document_starts, B, S, cp_group, self.cfg.conv_kernel_size, input_ids.device)
+
+    def _trunk(self, input_ids, position_ids, cp_group, sequence_index, documents):
+        positions, reversed_positions = self._positions(position_ids, documents)
+        x = self._embed(input_ids, sequence_index, documents)
+        resets = documents.block_resets()
         for block in self.blocks:
-            x = block(x, positions, cp_group, reversed_positions)
+            x = block(x, positions, cp_group, reversed_positions, resets)
         return self.final_norm(x)
 
     # -- public API ------------------------------------------------------------------------------
     def forward(self, input_ids, position_ids=None, return_hidden=False, cp_group=None,
-                sequence_index=None):
+                sequence_index=None, document_starts=None):
         """input_ids (B, S) long -> logits (B, S, V), or the final normed hidden (B, S, d).
 
         position_ids (B, S): RoPE positions from the data (clamped at max_position_id); None =
-        0..S-1 (offset by rank * S under context parallelism, where input_ids is this rank's
-        contiguous slice). rc_mode=post_hoc averages the predictions on x and RC(x);
-        rc_mode=param_sharing_halves sums them (official RC-PS head) and its hidden is the
-        official [forward half | RC half], (B, S, 2 d)."""
-        if self.cfg.rc_mode not in ("post_hoc", "param_sharing_halves"):
-            hidden = self._trunk(input_ids, position_ids, cp_group, sequence_index)
-            return hidden if return_hidden else self._project(hidden)
-        if cp_group is not None:
+        0..S-1 per document (offset by rank * S under context parallelism, where input_ids is
+        this rank's contiguous slice). document_starts (B, S) bool: packed rows, True at each
+        document's first token; every recurrence (mLSTM, sLSTM, conv, both directions) resets
+        there, so each document gives what it gives alone. rc_mode=post_hoc averages the
+        predictions on x and RC(x); rc_mode=param_sharing_halves sums them (official RC-PS
+        head) and its hidden is the official [forward half | RC half], (B, S, 2 d)."""
+        whole_sequence_rc = self.cfg.rc_mode in ("post_hoc", "param_sharing_halves")
+        if whole_sequence_rc and cp_group is not None:
             raise ContextParallelError(
                 f"rc_mode={self.cfg.rc_mode} needs the whole sequence on one rank (it runs RC(x)); "
                 "use context_parallel_size 1 or rc_mode=param_sharing")
+        documents = self._layout(input_ids, document_starts, cp_group)
+        if not whole_sequence_rc:
+            hidden = self._trunk(input_ids, position_ids, cp_group, sequence_index, documents)
+            return hidden if return_hidden else self._project(hidden)
         rc_ids = reverse_complement_ids(input_ids, self.cfg.vocab_size)
-        fwd = self._trunk(input_ids, position_ids, None, sequence_index)
+        rc_documents = documents.flipped()
+        fwd = self._trunk(input_ids, position_ids, None, sequence_index, documents)
         if self.cfg.rc_mode == "param_sharing_halves":
-            # the RC half runs the shared trunk on the RC strand in its own order (positions 0..S-1)
-            bwd = self._trunk(rc_ids, None, None, None)
+            # the RC half runs the shared trunk on the RC strand in its own order (positions 0..L-1)
+            bwd = self._trunk(rc_ids, None, None, None, rc_documents)
             if return_hidden:
                 return torch.cat([fwd, bwd.flip(1).flip(-1)], dim=-1)
             return self._project(fwd) + reverse_complement_logits(self._project(bwd))
         rc_pos = None if position_ids is None else position_ids.flip(1)
-        bwd = self._trunk(rc_ids, rc_pos, None, None)
+        bwd = self._trunk(rc_ids, rc_pos, None, None, rc_documents)
         if return_hidden:
             return 0.5 * (fwd + bwd.flip(1))
         return 0.5 * (self._project(fwd) + reverse_complement_logits(self._project(bwd)))
@@ -207,17 +215,3 @@ def build_model(cfg: ModelConfig) -> XLSTMModel:
         cfg = ModelConfig.from_dict(cfg)
     cfg.validate()
     return XLSTMModel(cfg)
-
-
-def _running_count(flags, cp_group):
-    """Inclusive running count of `flags` (B, S) along the sequence. Under context parallelism
-    this rank holds one contiguous slice, so the counts of all earlier ranks' slices are added."""
-    count = torch.cumsum(flags.long(), dim=1)
-    if cp_group is None:
-        return count
-    import torch.distributed as dist
-
-    totals = [torch.empty_like(count[:, -1]) for _ in range(dist.get_world_size(group=cp_group))]
-    dist.all_gather(totals, count[:, -1].contiguous(), group=cp_group)
-    earlier = sum(totals[:dist.get_rank(group=cp_group)], torch.zeros_like(count[:, -1]))
-    return count + earlier[:, None]

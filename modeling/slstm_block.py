@@ -105,18 +105,22 @@ class SLSTMBlock(nn.Module):
         y = x + self.outnorm(h.to(x.dtype).unflatten(-1, (H, -1)))
         return y + self._ffn(y) - x
 
-    def forward(self, x, positions=None, cp_group=None, reverse=False):
-        """x (B, S, d) -> residual branch (B, S, d); positions are not used (recurrence orders)."""
+    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None):
+        """x (B, S, d) -> residual branch (B, S, d); positions are not used (recurrence orders).
+        `resets` (modeling.documents.PassResets): the fresh state at every document start."""
         if cp_group is not None:
             raise ContextParallelError(
                 "sLSTM blocks cannot run context parallel (their state is not passed between "
                 "ranks): set slstm_positions: [] or parallel.context_parallel_size: 1")
         xn = self.norm(x)
-        x_c = F.silu(self.conv(xn))
+        x_c = F.silu(self.conv(xn, visible=None if resets is None else resets.conv_visible))
         wx = self._inputs(xn, x_c)
-        state = self.cell.init_state(x.shape[0], x.device, torch.promote_types(x.dtype, torch.float32))
-        hs = []
+        fresh = self.cell.init_state(x.shape[0], x.device, torch.promote_types(x.dtype, torch.float32))
+        state, hs = fresh, []
         for t in range(x.shape[1]):
+            if resets is not None:
+                keep = ~resets.state[:, t, None]
+                state = {name: torch.where(keep, value, fresh[name]) for name, value in state.items()}
             h, state = self.cell.step(wx[:, t], state)
             hs.append(h)
         return self._finish(x, torch.stack(hs, dim=1))

@@ -66,6 +66,7 @@ class MetricsLogger:
         self.writer = None
         self._last_time = time.perf_counter()
         self._last_tokens: Optional[int] = None
+        self._last_loss_tokens = 0
         if rank == 0:
             truncate_after_step(self.path, resume_step)
             if use_tensorboard:
@@ -76,19 +77,22 @@ class MetricsLogger:
     def set_flops_per_token(self, value: Optional[float]) -> None:
         self.flops_per_token = value
 
-    def throughput(self, tokens: int) -> dict:
-        """tokens/s since the previous call, TFLOP/s per device and MFU (where a peak is known)."""
+    def throughput(self, tokens: int, loss_tokens: int = 0) -> dict:
+        """tokens/s since the previous call, loss-bearing tokens/s (padding and the last token of
+        each document carry no loss: packing is what keeps the two close), TFLOP/s per device
+        and MFU (where a peak is known). `tokens` and `loss_tokens` are running totals."""
         now = time.perf_counter()
         out = {}
         if self._last_tokens is not None and now > self._last_time:
             tokens_per_s = (tokens - self._last_tokens) / (now - self._last_time)
             out["tokens_per_s"] = tokens_per_s
+            out["loss_tokens_per_s"] = (loss_tokens - self._last_loss_tokens) / (now - self._last_time)
             if self.flops_per_token:
                 tflops = self.flops_per_token * tokens_per_s / 1e12 / self.world_size
                 out["tflops_per_device"] = tflops
                 if self.peak_tflops:
                     out["mfu"] = tflops / self.peak_tflops
-        self._last_time, self._last_tokens = now, tokens
+        self._last_time, self._last_tokens, self._last_loss_tokens = now, tokens, loss_tokens
         return out
 
     def log(self, kind: str, step: int, values: dict, to_tensorboard: bool = True) -> None:

@@ -116,7 +116,8 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
 
     # ---------------------------------------------------------------- loop
     engine.train()
-    metrics.throughput(state.tokens)                      # start the tokens/s clock
+    loss_tokens_seen = 0                                  # this process's run: for loss-bearing tokens/s
+    metrics.throughput(state.tokens, loss_tokens_seen)    # start the tokens/s clock
     while state.step < last_step:
         if plan is None or curriculum.stage_at(state.step).index != plan.index:
             plan = curriculum.stage_at(state.step)      # enter a stage: new context length
@@ -142,7 +143,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
         for index, batch in enumerate(micro_batches):
             engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
             logits = engine(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                            cp_group=cp_group)
+                            document_starts=batch["document_starts"].to(device), cp_group=cp_group)
             loss = summed_token_loss(logits, batch["labels"].to(device))
             engine.backward(poison_nonfinite(loss) * scale, scale_wrt_gas=False)  # NaN grads if non-finite
             loss_sum += loss.detach().double()
@@ -151,6 +152,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
             engine.step()
         state.step += 1
         state.tokens += curriculum.tokens_per_step
+        loss_tokens_seen += global_tokens
         state.loader_state = loader.state_dict()
         samples.record(state.step, plan.index, step_keys)
 
@@ -173,12 +175,13 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
                 bar.write(bad_steps.describe(state.step, train_loss))
         at_log_step = state.step % cfg.train.log_every == 0 or state.step == last_step
         if at_log_step:
-            record.update(metrics.throughput(state.tokens))
+            record.update(metrics.throughput(state.tokens, loss_tokens_seen))
         metrics.log("train", state.step, record, to_tensorboard=at_log_step)
         bar.update(1)
         if at_log_step and not skipped:
             bar.set_postfix(stage=plan.index, ctx=plan.context_len, loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+                            tok_s=f"{record.get('tokens_per_s', 0):.0f}",
+                            loss_tok_s=f"{record.get('loss_tokens_per_s', 0):.0f}")
 
         # ------------------------------------------------------------ stop, validate, checkpoint
         if bad_steps.exhausted:

@@ -10,7 +10,8 @@ Variants: causal LM, weight-tied bidirectional MLM, alternating-direction MLM, r
 complement parameter sharing, data-given position ids, the sequence-index embedding (its
 running count of separator tokens crosses rank boundaries), and the papers' official forms
 (gates after RoPE; whole-block and even-reversed bidirectional stacks whose reversed pass runs at
-the global reversed index).
+the global reversed index), and packed rows of several of them (document starts inside a
+slice, at slice edges, several in one chunk).
 
 Two precisions, two tolerances:
 - float64 (the block's fp32 cast of the gate pre-activations is kept at float64 for this run, see
@@ -59,6 +60,11 @@ VARIANTS = {
                                  bidirectional="alternating", reversed_blocks="even",
                                  reversed_positions="flipped_index"),
 }
+# packed rows (document_starts): the same forms with documents that begin inside a slice, exactly
+# at a slice edge, several in one chunk, and one of length 1; compared with the packed single
+# rank, which tests/modeling/test_packing.py proves equal to every document run alone
+PACKED = ("causal_lm", "sequence_index", "official_weight_tied", "official_alternating", "rc_param_sharing")
+VARIANTS.update({f"packed_{name}": VARIANTS[name] for name in PACKED})
 
 
 def _relative(actual, expected):
@@ -98,7 +104,12 @@ def _batch(name, vocab_size):
     position_ids = None
     if name == "data_positions":            # positions restart inside the sequence, as for proteins
         position_ids = torch.cat([torch.arange(13), torch.arange(SEQ_LEN - 13)]).expand(BATCH, SEQ_LEN)
-    return input_ids, labels, position_ids
+    document_starts = None
+    if name.startswith("packed_"):          # slices of 8 (CP = 4) or 16 (CP = 2), chunks of 8
+        document_starts = torch.zeros(BATCH, SEQ_LEN, dtype=torch.bool)
+        document_starts[0, [3, 8, 16, 17, 19, 31]] = True
+        document_starts[1, [5, 24, 30]] = True
+    return input_ids, labels, position_ids, document_starts
 
 
 def _loss_sum(logits, labels):
@@ -110,17 +121,18 @@ def _compare(name, rank, cp_size, group, dtype):
     from pretrain.parallel import split_sequence_for_cp
 
     model = _model(name, dtype)
-    input_ids, labels, position_ids = _batch(name, model.cfg.vocab_size)
+    input_ids, labels, position_ids, document_starts = _batch(name, model.cfg.vocab_size)
     tokens = (labels != -100).sum()
 
-    full_logits = model(input_ids, position_ids=position_ids)
+    full_logits = model(input_ids, position_ids=position_ids, document_starts=document_starts)
     full_loss = _loss_sum(full_logits, labels) / tokens
     full_loss.backward()
     full_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
     split = lambda t: None if t is None else split_sequence_for_cp(t, rank, cp_size)   # noqa: E731
-    logits = model(split(input_ids), position_ids=split(position_ids), cp_group=group)
+    logits = model(split(input_ids), position_ids=split(position_ids), cp_group=group,
+                   document_starts=split(document_starts))
     loss = _loss_sum(logits, split(labels)) / tokens
     loss.backward()
     total_loss = loss.detach().clone()

@@ -164,6 +164,24 @@ def test_embed_returns_final_hidden_states_per_token_and_their_mean():
     assert _relative_error(embedding.pooled, hidden.mean(0)) <= RTOL
 
 
+def test_embed_packs_sequences_exactly_also_for_bidirectional_models():
+    """embed() runs several sequences in one packed row (state resets between them): each one's
+    vectors equal its own forward, for a weight-tied bidirectional DNA model with an sLSTM block."""
+    from modeling import ModelConfig, build_model
+
+    torch.manual_seed(2)
+    config = ModelConfig.from_dict(tiny_model_config("dna", bidirectional="weight_tied", head="mlm"))
+    wrapped = BioXLSTM(build_model(config).eval(), config, load_tokenizer(tokenizer_dict("dna")))
+    sequences = ["ACGTACGTTTGA", "GGGCCA", "T", "ACGTTGCAACGTAGGA"]
+    embeddings = wrapped.embed(sequences, batch_size=2)
+    for sequence, embedding in zip(sequences, embeddings):
+        ids = wrapped.tokenizer.encode(sequence)
+        with torch.no_grad():
+            alone = wrapped.model(torch.tensor([ids]), position_ids=torch.tensor([wrapped._positions(ids)]),
+                                  return_hidden=True)[0]
+        assert _relative_error(embedding.per_token, alone) <= RTOL
+
+
 def test_molecule_metrics_on_known_smiles():
     generated = ["CCO", "OCC", "C1=CC=CC=C1", "c1ccccc1", "not_a_smiles", "C(", "CCN"]
     report = molecule_metrics(generated, reference=["CCO", "CCCC"])

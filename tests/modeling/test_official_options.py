@@ -80,8 +80,9 @@ def test_reversed_positions_rule():
     ids, pos = dna_ids(1, 8), torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
     own = build_model(tiny(bidirectional="weight_tied", head="mlm"))
     flipped = build_model(tiny(bidirectional="weight_tied", head="mlm", reversed_positions="flipped_index"))
-    assert own._positions(ids, pos, None)[1].tolist() == [[3, 2, 1, 0, 3, 2, 1, 0]]
-    assert flipped._positions(ids, pos, None)[1].tolist() == [list(range(8))]
+    layout = own._layout(ids, None, None)
+    assert own._positions(pos, layout)[1].tolist() == [[3, 2, 1, 0, 3, 2, 1, 0]]
+    assert flipped._positions(pos, layout)[1].tolist() == [list(range(8))]
     flipped.load_state_dict(randomized(own).state_dict())
     arange = torch.arange(8).expand(1, 8)
     assert rel_err(flipped(ids, position_ids=arange), own(ids, position_ids=arange)) > 1e-3
