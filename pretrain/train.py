@@ -274,7 +274,7 @@ def _finite_or_none(value: Optional[float]) -> Optional[float]:
 
 def main(argv: Optional[list] = None) -> int:
     """Entry of `bioxlstm train` and of launcher workers; reads RANK/WORLD_SIZE/... when set."""
-    from pretrain.cli import add_train_arguments
+    from pretrain.train_arguments import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="bioxlstm train", description=add_train_arguments.__doc__)
     add_train_arguments(parser)
