@@ -2,7 +2,7 @@
 
 Public API (docs/INTERFACES.md):
     h = mlstm_chunkwise(q, k, v, i, f, initial_state=None, return_final_state=False,
-                        chunk_size="auto", backend="auto", segments="auto")
+                        chunk_size="auto", backend="auto", segments="auto", resets=None)
     h_t, state = mlstm_step(q_t, k_t, v_t, i_t, f_t, state)
     list_mlstm_backends()
 """
@@ -25,6 +25,7 @@ from kernels.mlstm.segments import (
     scan_summaries,
     segment_summary,
 )
+from kernels.mlstm.resets import reset_kwargs
 from kernels.mlstm.step import mlstm_step as _mlstm_step
 from kernels.mlstm.validation import check_sequence_inputs, check_step_inputs
 
@@ -68,7 +69,7 @@ def _num_segments(segments, B, H, S, chunk_size, device) -> int:
 
 def mlstm_chunkwise(
     q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size="auto",
-    backend="auto", segments="auto",
+    backend="auto", segments="auto", resets=None,
 ):
     """mLSTM over whole sequences (DESIGN.md section 3).
 
@@ -79,8 +80,10 @@ def mlstm_chunkwise(
     kernels/mlstm/chunking.py (from the head dims; 1024 at head dim 512). `segments` splits each
     sequence into P segments with exact state passing ("auto": only on CUDA when B*H is too
     small to fill it).
+    `resets` (B, S) bool: True where the state entering a position is replaced by the fresh
+    state (packed documents, kernels/mlstm/resets.py); no gradient crosses a reset.
     """
-    check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size)
+    check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size, resets)
     B, H, S, _ = q.shape
     chunk_size = resolve_chunk_size(chunk_size, q.shape[-1], v.shape[-1], S)
     name = resolve_mlstm_backend(backend, q.device)
@@ -88,9 +91,10 @@ def mlstm_chunkwise(
     P = _num_segments(segments, B, H, S, chunk_size, q.device)
     if P == 1:
         return fn(q, k, v, i, f, initial_state=initial_state,
-                  return_final_state=return_final_state, chunk_size=chunk_size)
+                  return_final_state=return_final_state, chunk_size=chunk_size, **reset_kwargs(resets))
     return mlstm_segmented(q, k, v, i, f, P, fn, initial_state=initial_state,
-                           return_final_state=return_final_state, chunk_size=chunk_size)
+                           return_final_state=return_final_state, chunk_size=chunk_size,
+                           resets=resets)
 
 
 def mlstm_step(q, k, v, i, f, state=None):

@@ -12,7 +12,8 @@ import torch
 
 from kernels.mlstm.chunkwise_bw import chunk_dkv, chunk_dq, chunk_state_grads, gate_grads
 from kernels.mlstm.chunkwise_fw import chunk_outputs_fw, chunk_states_fw
-from kernels.mlstm.gates import document_ids, tile_log_forget
+from kernels.mlstm.gates import tile_log_forget
+from kernels.mlstm.resets import document_index
 from kernels.mlstm.padding import NO_DECAY, NO_WRITE, pad_time
 from kernels.mlstm.tiling import MIN_DOT_TILE, seq_tile
 
@@ -104,7 +105,7 @@ def mlstm_chunkwise_triton(q, k, v, i, f, initial_state=None, return_final_state
     k, v = k.to(q.dtype), v.to(q.dtype)
     q, k, v, i, f, resets = _pad_to_tiles(q, k, v, i, f, resets, tile)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    doc = None if resets is None else document_ids(resets)
+    doc = None if resets is None else document_index(resets).to(torch.int32).contiguous()
     if initial_state is None:
         C0 = n0 = None
         m0 = torch.zeros(B, H, dtype=torch.float32, device=q.device)

@@ -1,7 +1,8 @@
 """Registry of mLSTM sequence backends, chosen by name from config.
 
 A backend is a function `fn(q, k, v, i, f, initial_state=None, return_final_state=False,
-chunk_size=64)` with the semantics of docs/INTERFACES.md. Built in: "reference" (float64-capable
+chunk_size=64, resets=None)` with the semantics of docs/INTERFACES.md (resets: (B, S) bool or
+None, kernels/mlstm/resets.py). Built in: "reference" (float64-capable
 parallel form), "torch" (pure torch chunkwise), "triton" (Triton kernels, imported lazily on
 first use so that a missing or broken Triton only matters when that backend is chosen).
 "auto" is not a backend but a choice made per call: "triton" on CUDA tensors, "torch" otherwise
@@ -54,23 +55,26 @@ def resolve_mlstm_backend(name: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" else "torch"
 
 
-def _reference_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+def _reference_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+                       resets=None):
     """The parallel reference under the backend signature (chunk_size has no meaning for it);
     h comes back in v's dtype like every backend, the state in fp32 (float64 stays float64)."""
     from kernels.mlstm.reference import mlstm_parallel_reference
 
     out = mlstm_parallel_reference(q, k, v, i, f, initial_state=initial_state,
-                                   return_final_state=return_final_state)
+                                   return_final_state=return_final_state, resets=resets)
     if not return_final_state:
         return out.to(v.dtype)
     return out[0].to(v.dtype), out[1]
 
 
-def _torch_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+def _torch_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+                   resets=None):
     from kernels.mlstm.chunkwise_torch import mlstm_chunkwise_torch
 
     return mlstm_chunkwise_torch(q, k, v, i, f, initial_state=initial_state,
-                                 return_final_state=return_final_state, chunk_size=chunk_size)
+                                 return_final_state=return_final_state, chunk_size=chunk_size,
+                                 resets=resets)
 
 
 def _load_triton_kernel() -> Callable:
@@ -85,10 +89,12 @@ def _load_triton_kernel() -> Callable:
 
 
 @torch.compiler.disable
-def _triton_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+def _triton_backend(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+                    resets=None):
     """Triton kernels, kept out of torch.compile tracing (they are opaque to it)."""
     return _load_triton_kernel()(q, k, v, i, f, initial_state=initial_state,
-                                 return_final_state=return_final_state, chunk_size=chunk_size)
+                                 return_final_state=return_final_state, chunk_size=chunk_size,
+                                 resets=resets)
 
 
 register_mlstm_backend("reference", _reference_backend)

@@ -111,18 +111,21 @@ def _check_equal_lengths(lengths: torch.Tensor, local_len: int, cp_group) -> Non
 
 def mlstm_context_parallel(
     q, k, v, i, f, cp_group, reverse: bool = False, chunk_size: int = 64, backend: str = "auto",
+    resets=None,
 ):
     """mLSTM over a sequence split into contiguous slices across `cp_group` -> h (B, H, S_local, Dv).
 
     Equals slicing `mlstm_chunkwise` on the full sequence (outputs and gradients of q, k, v, i, f
     to rounding); the global sequence starts from the fresh state. `cp_group=None` or a
-    one-rank group runs `mlstm_chunkwise` directly.
+    one-rank group runs `mlstm_chunkwise` directly. `resets` (B, S_local) bool: this slice's
+    state resets (in the caller's order, so already flipped with the tensors when `reverse`); a
+    slice holding one cuts every earlier slice off (its summary's F is -inf).
     """
-    check_sequence_inputs(q, k, v, i, f, None, chunk_size)
+    check_sequence_inputs(q, k, v, i, f, None, chunk_size, resets)
     cp_size, cp_rank = _cp_size_and_rank(cp_group)
     if cp_size == 1:
-        return mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, backend=backend)
-    local = segment_summary(k, v, i, f)
+        return mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, backend=backend, resets=resets)
+    local = segment_summary(k, v, i, f, resets)
     gathered = all_gather_differentiable(_pack(local, q.shape[2]), cp_group)
     _check_equal_lengths(gathered[:, -1].detach(), q.shape[2], cp_group)
     summaries = _unpack(gathered[:, :-1], local)
@@ -133,7 +136,7 @@ def mlstm_context_parallel(
     entering = scan_summaries(summaries)              # (P, ...) states entering each slice
     initial_state = tuple(x[position] for x in entering)
     return mlstm_chunkwise(q, k, v, i, f, initial_state=initial_state, chunk_size=chunk_size,
-                           backend=backend)
+                           backend=backend, resets=resets)
 
 
 def exchange_conv_halo(x: torch.Tensor, halo_len: int, cp_group, reverse: bool = False) -> torch.Tensor:

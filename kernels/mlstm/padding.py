@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from kernels.mlstm.resets import reset_kwargs
+
 NO_WRITE = float("-inf")
 NO_DECAY = float("inf")
 
@@ -29,14 +31,17 @@ def with_exact_padding(fn: Callable) -> Callable:
     """Wrap a backend that needs S % chunk_size == 0 so that it takes any S (see module doc)."""
 
     @functools.wraps(fn)
-    def padded(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64):
+    def padded(q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+               resets=None):
         S = q.shape[2]
         pad = -S % chunk_size
         if pad:
             q, k, v = (pad_time(x, pad, 0.0) for x in (q, k, v))
             i, f = pad_time(i, pad, NO_WRITE), pad_time(f, pad, NO_DECAY)
+            if resets is not None:                      # a padded position is never a reset
+                resets = torch.cat([resets, resets.new_zeros(resets.shape[0], pad)], dim=1)
         out = fn(q, k, v, i, f, initial_state=initial_state,
-                 return_final_state=return_final_state, chunk_size=chunk_size)
+                 return_final_state=return_final_state, chunk_size=chunk_size, **reset_kwargs(resets))
         if not pad:
             return out
         if return_final_state:

@@ -7,7 +7,8 @@ is a Python loop over time, the parallel form materialises the (S, S) decay matr
 Conventions (docs/INTERFACES.md): q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S) gate
 pre-activations; log f = logsigmoid(f); k is scaled by 1/sqrt(Dqk) inside the state; state
 C (B, H, Dqk, Dv) (so h = q^T C), n (B, H, Dqk), m (B, H); no initial state means the fresh
-state C = 0, n = 0, m = 0.
+state C = 0, n = 0, m = 0. `resets` (B, S) bool replaces the state entering a position by the
+fresh state (kernels/mlstm/resets.py).
 
 Why the stabilizer m may be detached: every term of the numerator and of the denominator
 carries the same factor exp(-m_t), so h_t = N_t / (max(|D_t|, 1) + eps * exp(m_t)) with the
@@ -20,6 +21,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from kernels.mlstm.resets import document_index, per_head, restarted_cumsum
 
 DEFAULT_EPS = 1e-6
 
@@ -49,9 +52,10 @@ def _initial_state(initial_state, B, H, Dqk, Dv, dtype, device):
 
 def mlstm_recurrent_reference(
     q, k, v, i, f, initial_state=None, return_final_state=False,
-    eps=DEFAULT_EPS, detach_stabilizer=True,
+    eps=DEFAULT_EPS, detach_stabilizer=True, resets=None,
 ):
-    """Step-by-step mLSTM recurrence of DESIGN.md section 3 (a Python loop over time)."""
+    """Step-by-step mLSTM recurrence of DESIGN.md section 3 (a Python loop over time); at a
+    reset the state is literally replaced by the fresh one."""
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
     dtype = _compute_dtype(q)
@@ -61,6 +65,11 @@ def mlstm_recurrent_reference(
     C, n, m = _initial_state(initial_state, B, H, Dqk, Dv, dtype, q.device)
     outputs = []
     for t in range(S):
+        if resets is not None:
+            keep = ~resets[:, t].to(q.device)[:, None]                     # (B, 1)
+            C = torch.where(keep[..., None, None], C, torch.zeros_like(C))
+            n = torch.where(keep[..., None], n, torch.zeros_like(n))
+            m = torch.where(keep, m, torch.zeros_like(m))
         m_new = torch.maximum(log_f[:, :, t] + m, i[:, :, t])
         if detach_stabilizer:
             m_new = m_new.detach()
@@ -79,13 +88,15 @@ def mlstm_recurrent_reference(
 
 def mlstm_parallel_reference(
     q, k, v, i, f, initial_state=None, return_final_state=False,
-    eps=DEFAULT_EPS, detach_stabilizer=True,
+    eps=DEFAULT_EPS, detach_stabilizer=True, resets=None,
 ):
     """Stabilised quadratic (parallel) mLSTM with initial-state contributions and final state.
 
     Unrolling the recurrence, source s contributes to position t with log weight
     D[t, s] = b_t - b_s + i_s (b = cumulative log forget) and the initial state with
     b_t + m_0; m_t is the maximum of these, which is exactly the recurrent stabilizer.
+    With resets, sources reach only rows of their own document, b restarts at every reset, and
+    a later document's entering state is the fresh one (log weight b_t + 0, C = n = 0).
     """
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
@@ -93,15 +104,24 @@ def mlstm_parallel_reference(
     q, k, v, i, f = (x.to(dtype) for x in (q, k, v, i, f))
     k = k / math.sqrt(Dqk)
     C0, n0, m0 = _initial_state(initial_state, B, H, Dqk, Dv, dtype, q.device)
-    b = torch.cumsum(F.logsigmoid(f), dim=-1)
-    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
-    log_d = (b[..., :, None] - b[..., None, :] + i[..., None, :]).masked_fill(~causal, float("-inf"))
-    log_init = b + m0[..., None]
+    log_f = F.logsigmoid(f)
+    visible = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+    first_document = torch.ones_like(log_f, dtype=torch.bool)
+    if resets is None:
+        b = torch.cumsum(log_f, dim=-1)
+    else:
+        b = restarted_cumsum(log_f, per_head(resets.to(q.device), log_f))
+        doc = per_head(document_index(resets.to(q.device)), log_f)
+        visible = visible & (doc[..., :, None] == doc[..., None, :])
+        first_document = (doc == 0).expand_as(log_f)
+    log_d = (b[..., :, None] - b[..., None, :] + i[..., None, :]).masked_fill(~visible, float("-inf"))
+    entering_m = torch.where(first_document, m0[..., None].expand_as(b), torch.zeros_like(b))
+    log_init = b + entering_m
     m = torch.maximum(log_init, log_d.amax(dim=-1))
     if detach_stabilizer:
         m = m.detach()
     weights = _exp_from(log_d, m[..., None])
-    init_weight = _exp_from(log_init, m)
+    init_weight = _exp_from(log_init, m) * first_document          # a fresh state has C = n = 0
     scores = (q @ k.transpose(-1, -2)) * weights
     numerator = scores @ v + init_weight[..., None] * (q @ C0)
     denominator = scores.sum(-1) + init_weight * (q @ n0[..., None])[..., 0]

@@ -7,6 +7,10 @@ stabilizer included: the true m after segment b from a start with stabilizer m_a
 max(F_b + m_a, m_b). (Starting summaries from m = 0 would instead give max(F_b, m_b) and bend
 m, hence the eps term.) -inf is handled explicitly so that no NaN appears, even in gradients.
 
+With resets (kernels/mlstm/resets.py) a segment that holds one drops whatever entered it: its
+F is -inf (combine then ignores every earlier summary) and its local state is the one from the
+fresh state at its last reset (m included, so the eps term stays exact).
+
 Everything here is plain differentiable torch, so autograd carries gradients of the initial
 states back into the summaries; context parallelism (kernels/mlstm/context_parallel.py) uses
 the same functions across ranks. The stabilizer m carries no gradient (see reference.py).
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.errors import KernelInputError
+from kernels.mlstm.resets import document_index, per_head, reset_kwargs
 
 NEG_INF = float("-inf")
 
@@ -46,13 +51,14 @@ def exp_from(log_weight: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.zeros_like(log_weight), torch.exp(shifted))
 
 
-def segment_summary(k, v, i, f) -> SegmentSummary:
+def segment_summary(k, v, i, f, resets=None) -> SegmentSummary:
     """Summary of each sequence in (B, H, S): one weighted matmul, computed in fp32 (fp64 stays fp64).
 
     k (B, H, S, Dqk) unscaled (scaled by 1/sqrt(Dqk) here, as inside the state); v (B, H, S, Dv);
-    i, f (B, H, S) gate pre-activations. Source s reaches the segment end with log weight
-    i_s + sum_{r > s} log f_r; the suffix sums come from a reversed cumsum so that no two large
-    partial sums are subtracted at long S.
+    i, f (B, H, S) gate pre-activations; resets (B, S) bool or None. Source s reaches the
+    segment end with log weight i_s + sum_{r > s} log f_r (only from the last document); the
+    suffix sums come from a reversed cumsum so that no two large partial sums are subtracted at
+    long S, and never cross a reset.
     """
     dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     k, v, i, f = (x.to(dtype) for x in (k, v, i, f))
@@ -61,12 +67,24 @@ def segment_summary(k, v, i, f) -> SegmentSummary:
     suffix_inclusive = torch.flip(torch.cumsum(torch.flip(log_f, [-1]), -1), [-1])
     suffix_after = torch.cat([suffix_inclusive[..., 1:], torch.zeros_like(log_f[..., :1])], dim=-1)
     log_w = suffix_after + i
+    total = suffix_inclusive[..., 0]
+    if resets is not None:
+        doc = per_head(document_index(resets.to(k.device)), log_f)
+        in_last = doc == doc[..., -1:]
+        log_w = log_w.masked_fill(~in_last, NEG_INF)
+        has_reset = (doc[..., -1] > 0).expand_as(total)
+        # the fresh state entering the last document at its reset r: log weight sum_{t >= r} log f_t
+        first_of_last = torch.argmax(in_last.to(torch.int32).expand_as(log_f), dim=-1, keepdim=True)
+        fresh = torch.gather(suffix_inclusive, -1, first_of_last)[..., 0]
     m = log_w.detach().amax(dim=-1)
+    if resets is not None:
+        m = torch.where(has_reset, torch.maximum(m, fresh.detach()), m)
+        total = total.masked_fill(has_reset, NEG_INF)
     weights = exp_from(log_w, m[..., None])
     weighted_k = k * weights[..., None]
     C = weighted_k.transpose(-1, -2) @ v
     n = weighted_k.sum(dim=-2)
-    return SegmentSummary(suffix_inclusive[..., 0], C, n, m)
+    return SegmentSummary(total, C, n, m)
 
 
 def combine_summaries(a: SegmentSummary, b: SegmentSummary) -> SegmentSummary:
@@ -153,7 +171,7 @@ def _merge_segments(x: torch.Tensor, B: int, P: int) -> torch.Tensor:
 
 def mlstm_segmented(
     q, k, v, i, f, num_segments: int, sequence_fn: Callable, initial_state=None,
-    return_final_state: bool = False, chunk_size: int = 64,
+    return_final_state: bool = False, chunk_size: int = 64, resets=None,
 ):
     """Evaluate `sequence_fn` on P segments in parallel with exact state passing.
 
@@ -171,14 +189,16 @@ def mlstm_segmented(
         )
     if P == 1:
         return sequence_fn(q, k, v, i, f, initial_state=initial_state,
-                           return_final_state=return_final_state, chunk_size=chunk_size)
+                           return_final_state=return_final_state, chunk_size=chunk_size,
+                           **reset_kwargs(resets))
     q_s, k_s, v_s, i_s, f_s = (_split_segments(x, P) for x in (q, k, v, i, f))
-    local = segment_summary(k_s, v_s, i_s, f_s)
+    resets_s = None if resets is None else resets.reshape(B * P, S // P)
+    local = segment_summary(k_s, v_s, i_s, f_s, resets_s)
     per_segment = SegmentSummary(*(x.reshape(B, P, *x.shape[1:]).transpose(0, 1) for x in local))
     entering = scan_summaries(per_segment, initial_state)                  # each (P, B, H, ...)
     entering = tuple(x.transpose(0, 1).reshape(B * P, *x.shape[2:]) for x in entering)
     h, final = sequence_fn(q_s, k_s, v_s, i_s, f_s, initial_state=entering,
-                           return_final_state=True, chunk_size=chunk_size)
+                           return_final_state=True, chunk_size=chunk_size, **reset_kwargs(resets_s))
     h = _merge_segments(h, B, P)
     if not return_final_state:
         return h

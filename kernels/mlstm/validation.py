@@ -40,8 +40,22 @@ def _check_same_device(named: dict) -> torch.device:
     return device
 
 
-def check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size) -> None:
-    """Inputs of mlstm_chunkwise: q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S)."""
+def check_resets(resets, B: int, S: int, device: torch.device) -> None:
+    """`resets` must be a bool (B, S) tensor on the inputs' device (or None)."""
+    if resets is None:
+        return
+    if not isinstance(resets, torch.Tensor):
+        raise KernelInputError(f"resets: expected a bool torch.Tensor (B, S) or None, got {type(resets).__name__}")
+    if resets.dtype != torch.bool:
+        raise KernelInputError(f"resets: expected dtype torch.bool (True where the state is reset), got {resets.dtype}")
+    _expect_shape("resets", resets, (B, S), "(B, S)")
+    if resets.device != device:
+        raise KernelInputError(f"resets: on {resets.device}, but the inputs are on {device}")
+
+
+def check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size, resets=None) -> None:
+    """Inputs of mlstm_chunkwise: q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S);
+    resets (B, S) bool or None."""
     named = {"q": q, "k": k, "v": v, "i": i, "f": f}
     for name, x in named.items():
         _check_tensor(name, x)
@@ -58,6 +72,7 @@ def check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size) -> None:
     device = _check_same_device(named)
     if initial_state is not None:
         check_state("initial_state", initial_state, B, H, Dqk, v.shape[-1], device)
+    check_resets(resets, B, S, device)
     if not is_valid_chunk_size(chunk_size):
         raise KernelInputError(f"chunk_size: expected 'auto' or a positive int, got {chunk_size!r}")
 

@@ -42,38 +42,52 @@ def _flip_time(x):
     return torch.flip(x, [2])
 
 
-def _full_sequence(inputs, weight, reverse, backend):
+def _packed_resets():
+    """State resets (packed documents) inside a slice (5, 30, 70), exactly at slice edges (24 for
+    CP = 4, 48 for both, also a chunk edge), three in one chunk (50, 51, 53), at position 0 and a
+    last document of length 1 (95)."""
+    resets = torch.zeros(B, S, dtype=torch.bool)
+    resets[0, [5, 24, 48, 50, 51, 53, 70]] = True
+    resets[1, [0, 30, 48, 95]] = True
+    return resets
+
+
+def _full_sequence(inputs, weight, reverse, backend, resets=None):
     """Single-rank result: outputs and input gradients of sum(h * weight) on the whole sequence."""
     from kernels import mlstm_chunkwise
 
     leaves = [x.clone().requires_grad_(True) for x in inputs]
     if reverse:
-        h = _flip_time(mlstm_chunkwise(*(_flip_time(x) for x in leaves), chunk_size=CHUNK, backend=backend))
+        flipped = None if resets is None else resets.flip(1)
+        h = _flip_time(mlstm_chunkwise(*(_flip_time(x) for x in leaves), chunk_size=CHUNK, backend=backend,
+                                       resets=flipped))
     else:
-        h = mlstm_chunkwise(*leaves, chunk_size=CHUNK, backend=backend)
+        h = mlstm_chunkwise(*leaves, chunk_size=CHUNK, backend=backend, resets=resets)
     (h * weight).sum().backward()
     return h.detach(), [x.grad for x in leaves]
 
 
-def _context_parallel(inputs, weight, reverse, rank, cp_size, group):
+def _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets=None):
     """This rank's slice through mlstm_context_parallel; outputs back in natural order."""
     from kernels.mlstm.context_parallel import mlstm_context_parallel
 
     L = S // cp_size
     leaves = [x[:, :, rank * L:(rank + 1) * L].clone().requires_grad_(True) for x in inputs]
+    local_resets = None if resets is None else resets[:, rank * L:(rank + 1) * L]
     if reverse:
+        flipped = None if local_resets is None else local_resets.flip(1)
         h = _flip_time(mlstm_context_parallel(*(_flip_time(x) for x in leaves), group, reverse=True,
-                                              chunk_size=CHUNK, backend="torch"))
+                                              chunk_size=CHUNK, backend="torch", resets=flipped))
     else:
-        h = mlstm_context_parallel(*leaves, group, chunk_size=CHUNK, backend="torch")
+        h = mlstm_context_parallel(*leaves, group, chunk_size=CHUNK, backend="torch", resets=local_resets)
     (h * weight[:, :, rank * L:(rank + 1) * L]).sum().backward()
     return h.detach(), [x.grad for x in leaves]
 
 
-def _compare_mlstm(rank, cp_size, group, dtype, reverse, reference_backend):
+def _compare_mlstm(rank, cp_size, group, dtype, reverse, reference_backend, resets=None):
     inputs, weight = _gate_inputs(dtype, seed=11 + int(reverse))
-    full_h, full_grads = _full_sequence(inputs, weight, reverse, reference_backend)
-    h, grads = _context_parallel(inputs, weight, reverse, rank, cp_size, group)
+    full_h, full_grads = _full_sequence(inputs, weight, reverse, reference_backend, resets)
+    h, grads = _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets)
     L = S // cp_size
     local = slice(rank * L, (rank + 1) * L)
     errors = {"h": _relative(h, full_h[:, :, local])}
@@ -178,6 +192,11 @@ def kernel_checks(rank, world_size):
         results[f"fp64-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float64, reverse, "reference")
         results[f"bf16-{direction}"] = _compare_mlstm(rank, world_size, group, torch.bfloat16, reverse, "torch")
         results[f"halo-{direction}"] = _compare_conv_halo(rank, world_size, group, reverse)
+        resets = _packed_resets()
+        results[f"packed-fp32-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float32, reverse,
+                                                             "torch", resets)
+        results[f"packed-fp64-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float64, reverse,
+                                                             "reference", resets)
     results["comm-S"] = _count_collectives(rank, world_size, group, S)
     results["comm-4S"] = _count_collectives(rank, world_size, group, 4 * S)
     results["unequal-lengths"] = _unequal_lengths_error(rank, group)
@@ -203,6 +222,17 @@ def test_cp_float64_matches_parallel_reference(per_rank, direction):
     for rank, result in enumerate(results):
         for name, error in result[f"fp64-{direction}"].items():
             assert error <= FP64_RTOL, f"CP={cp_size} rank {rank} {direction} {name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", FP32_RTOL), ("fp64", FP64_RTOL)])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_cp_with_state_resets_matches_single_rank(per_rank, direction, precision, tolerance):
+    """Packed documents: resets inside a slice, at slice edges, several in one chunk (fp64 against
+    the parallel reference, which equals every document run alone: tests/kernels/test_resets.py)."""
+    cp_size, results = per_rank
+    for rank, result in enumerate(results):
+        for name, error in result[f"packed-{precision}-{direction}"].items():
+            assert error <= tolerance, f"CP={cp_size} rank {rank} {direction} {name}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])

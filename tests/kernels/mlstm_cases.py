@@ -63,7 +63,7 @@ def outputs_and_grads(fn, inputs, dtype=None, loss_on=("h", "C", "n"), **kwargs)
     outputs = dict(h=h, C=C, n=n)
     loss = sum((outputs[name].double() * _cotangent(outputs[name].shape, seed)).sum()
                for seed, name in enumerate(loss_on, start=1))
-    grads = torch.autograd.grad(loss, list(leaves.values()))
+    grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)  # unused = 0
     result = dict(h=h, C=C, n=n, m=m)
     result.update({"d" + name: g for name, g in zip(leaves, grads)})
     return result
@@ -86,3 +86,43 @@ def assert_close(got, ref, tol, names=None):
         errors[name] = rel_err(got[name], ref[name])
     bad = {name: err for name, err in errors.items() if not err <= tol}
     assert not bad, f"relative errors above {tol:g}: {bad} (all: {errors})"
+
+
+def resets_from_lengths(lengths_per_row, reset_at_start=False):
+    """(B, S) bool resets for rows packed with documents of the given lengths: True at the first
+    position of every document after a row's first (and at 0 too with `reset_at_start`, so the
+    first document also ignores the entering state)."""
+    rows = []
+    for lengths in lengths_per_row:
+        row = []
+        for number, length in enumerate(lengths):
+            row.extend([number > 0 or reset_at_start] + [False] * (length - 1))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def documents_alone(fn):
+    """A function with the kernels signature that, given `resets`, runs every document of every
+    row on its own through `fn` (the entering state only for a row's first document unless a
+    reset sits at 0; the fresh state for every other) and stitches the outputs: the ground
+    truth that a packed call must equal. Differentiable (documents are slices of the inputs)."""
+
+    def run(q, k, v, i, f, initial_state=None, return_final_state=False, resets=None, **kwargs):
+        B, H, S = i.shape
+        rows, finals = [], []
+        for b in range(B):
+            starts = [0] + [t for t in range(1, S) if resets[b, t]] + [S]
+            pieces, final = [], None
+            for number, (lo, hi) in enumerate(zip(starts, starts[1:])):
+                fresh = number > 0 or bool(resets[b, 0])
+                state = None if (fresh or initial_state is None) else tuple(x[b:b + 1] for x in initial_state)
+                h, final = fn(*(x[b:b + 1, :, lo:hi] for x in (q, k, v, i, f)), initial_state=state,
+                              return_final_state=True, **kwargs)
+                pieces.append(h)
+            rows.append(torch.cat(pieces, dim=2))
+            finals.append(final)
+        h = torch.cat(rows)
+        final = tuple(torch.cat(parts) for parts in zip(*finals))
+        return (h, final) if return_final_state else h
+
+    return run
