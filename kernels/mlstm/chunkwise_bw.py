@@ -109,9 +109,10 @@ def _chunk_dq_kernel(
 
     # the entering state: w_t (C_c dnum_t + n_c dden_t); R is now the chunk's log forget before t's tile
     m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk)
-    w = tl.exp(R + beta_t + m_prev - m_row)
-    if HAS_RESETS:
-        w = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), w, 0.0)
+    log_w_enter = R + beta_t + m_prev - m_row
+    if HAS_RESETS:        # masked before exp: m_t of a row after a reset does not bound it
+        log_w_enter = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), log_w_enter, float("-inf"))
+    w = tl.exp(log_w_enter)
     dh_C = tl.zeros((T, BK), dtype=tl.float32)
     for start_v in range(0, DV, BV):
         dv = start_v + tl.arange(0, BV)
@@ -193,18 +194,20 @@ def _chunk_state_grads_kernel(
         P = tl.zeros((), tl.float32)
         for tile in range(first, last):
             t = tile * T + rows
-            w = tl.exp(P + tl.load(beta_ptr + seq + t) + m_prev - tl.load(mrow_ptr + seq + t))
+            log_w = P + tl.load(beta_ptr + seq + t) + m_prev - tl.load(mrow_ptr + seq + t)
             if HAS_RESETS:
-                w = tl.where(tl.load(doc_ptr + doc_off + t) == doc_enter, w, 0.0)
+                log_w = tl.where(tl.load(doc_ptr + doc_off + t) == doc_enter, log_w, float("-inf"))
+            w = tl.exp(log_w)
             P += tl.load(beta_ptr + seq + tile * T + T - 1)
             q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32)
             dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
             qw = q * (w / tl.load(norm_ptr + seq + t))[:, None]
             local_C += tl.dot(tl.trans(qw.to(dot_ty)), dh, input_precision=PRECISION)
             local_n += tl.sum(q * (w * tl.load(dden_ptr + seq + t))[:, None], axis=0)
-        decay = tl.exp(P + m_prev - m_next)
+        log_decay = P + m_prev - m_next
         if HAS_RESETS:
-            decay = tl.where(tl.load(doc_ptr + doc_off + last * T - 1) == doc_enter, decay, 0.0)
+            log_decay = tl.where(tl.load(doc_ptr + doc_off + last * T - 1) == doc_enter, log_decay, float("-inf"))
+        decay = tl.exp(log_decay)
         dC = decay * dC + local_C
         dn = decay * dn + local_n
     if HAS_INITIAL:
@@ -288,9 +291,10 @@ def _chunk_dkv_kernel(
 
     # the state leaving the chunk: e_s = exp(g - b_s + i_s - m_{c+1}); R - beta_s is g - b_s
     m_next = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk + 1)
-    e = tl.exp(R - beta_s + i_s - m_next)
+    log_e = R - beta_s + i_s - m_next
     if HAS_RESETS:
-        e = tl.where(doc_s == tl.load(doc_ptr + doc_off + last * T - 1), e, 0.0)
+        log_e = tl.where(doc_s == tl.load(doc_ptr + doc_off + last * T - 1), log_e, float("-inf"))
+    e = tl.exp(log_e)
     state = bh.to(tl.int64) * NC + chunk                  # dC, dn of the state leaving the chunk
     if do_k:
         v_dC = tl.zeros((T, BK), dtype=tl.float32)
@@ -370,7 +374,8 @@ def _gate_grads_kernel(
             dlog_f = suffix
         carry = tl.sum(tl.where(rows == 0, suffix, 0.0), axis=0)
         f = tl.load(f_ptr + seq + t).to(tl.float32)
-        df = dlog_f / (1.0 + tl.exp(f))                      # sigmoid(-f) dlog f
+        e = tl.exp(-tl.abs(f))                               # sigmoid(-f) without overflow
+        df = dlog_f * tl.where(f > 0, e / (1.0 + e), 1.0 / (1.0 + e))
         tl.store(di_ptr + seq + t, k_dk.to(di_ptr.dtype.element_ty))
         tl.store(df_ptr + seq + t, df.to(df_ptr.dtype.element_ty))
 

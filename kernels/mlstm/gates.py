@@ -8,9 +8,8 @@ No two large cumulative sums are subtracted, so at any chunk size a log weight i
 within one tile (at chunk 1024 a chunk-wide fp32 cumsum would lose ~1e-3 in every weight of a
 strongly forgetting head).
 
-Document packing (DESIGN.md section 9): `resets` (B, S) marks positions where the state
-entering is replaced by the fresh one. The kernels see document ids doc_t = number of resets at
-or before t (int32, shared by all heads): s and t interact only where doc_s == doc_t, and beta
+Document packing (DESIGN.md section 9, kernels/mlstm/resets.py): the kernels see document ids
+doc_t = number of resets at or before t (int32 (B, S), shared by all heads): s and t interact only where doc_s == doc_t, and beta
 restarts at every reset (beta at a reset is its own log f: the reset's forget gate decays the
 fresh state, m = 0).
 """
@@ -20,11 +19,6 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.tiling import kernel_buffer, placeholder
-
-
-def document_ids(resets: torch.Tensor) -> torch.Tensor:
-    """(B, S) bool -> (B, S) int32: the number of resets at or before each position."""
-    return torch.cumsum(resets.to(torch.int32), dim=-1, dtype=torch.int32).contiguous()
 
 
 @triton.jit
