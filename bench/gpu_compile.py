@@ -280,7 +280,8 @@ def compile_launch(launch: Launch, arch: int) -> CompileResult:
 
 
 def distinct_launches(workloads):
-    """One launch per distinct JIT specialization (kernel, signature, constexprs, attrs, options)."""
+    """One launch per distinct JIT specialization (kernel, signature, constexprs, attrs, options),
+    with the names of the models that make it."""
     from triton.backends.compiler import GPUTarget
 
     target = GPUTarget("cuda", 90, 32)
@@ -290,7 +291,9 @@ def distinct_launches(workloads):
             src, options = jit_source(launch, target)
             key = (launch.kernel.__name__, repr(sorted(src.signature.items())), repr(sorted(src.constants.items())),
                    repr(sorted(src.attrs.items())), options.num_warps, options.num_stages)
-            distinct.setdefault(key, (launch, work))
+            _, models = distinct.setdefault(key, (launch, []))
+            if work.model not in models:
+                models.append(work.model)
     return list(distinct.values())
 
 
@@ -355,8 +358,8 @@ def summarize(rows):
     """One line per (kernel, model, arch) over its distinct specializations: the largest shared
     memory, registers and spills, and the dots (the same in every specialization)."""
     groups = {}
-    for r, work in rows:
-        groups.setdefault((r.kernel, work.model, r.arch), []).append(r)
+    for r, models in rows:
+        groups.setdefault((r.kernel, models, r.arch), []).append(r)
     summary = []
     for (kernel, model, arch), results in groups.items():
         first = results[0]
@@ -372,12 +375,13 @@ def summarize(rows):
 
 
 def format_compile_table(summary):
-    header = (f"{'kernel':<26} {'model':<16} {'L':>5} {'arch':>5} {'spec':>4} {'warps':>5} {'stages':>6} "
+    header = (f"{'kernel':<26} {'models':<16} {'L':>5} {'arch':>5} {'spec':>4} {'warps':>5} {'stages':>6} "
               f"{'shared KiB':>11} {'regs':>4} {'spill B':>7}  dots")
     lines = [header, "-" * len(header)]
     for s in summary:
         shared = f"{s['shared'] / 1024:.0f}/{SHARED_LIMIT[s['arch']] / 1024:.0f}" if s["ok"] else "FAILED"
-        lines.append(f"{s['kernel']:<26} {s['model']:<16} {s['chunk']:>5} {'sm_' + str(s['arch']):>5} "
+        models = s["model"] if len(s["model"]) <= 16 else s["model"].split(",")[0][:13] + "+.."
+        lines.append(f"{s['kernel']:<26} {models:<16} {s['chunk']:>5} {'sm_' + str(s['arch']):>5} "
                      f"{s['specializations']:>4} {s['num_warps']:>5} {s['num_stages']:>6} {shared:>11} "
                      f"{s['registers']:>4} {s['spill_bytes']:>7}  {s['dots'] if s['ok'] else s['error'][:80]}")
     return "\n".join(lines)
@@ -436,9 +440,9 @@ def main(argv=None):
     archs = [int(a) for a in args.archs.split(",")]
     workloads = build_workloads(models, args.sm_count)
     rows = []
-    for launch, work in distinct_launches(workloads):
+    for launch, launch_models in distinct_launches(workloads):
         for arch in archs:
-            rows.append((compile_launch(launch, arch), work))
+            rows.append((compile_launch(launch, arch), ",".join(launch_models)))
     print(f"# triton {triton.__version__}, torch {torch.__version__}; {len(rows)} compiles of "
           f"{len({r.kernel for r, _ in rows})} kernels for {', '.join(f'sm_{a}' for a in archs)}")
     summary = summarize(rows)
@@ -459,10 +463,10 @@ def main(argv=None):
         payload = dict(
             triton=triton.__version__, torch=torch.__version__,
             kernels=summary,
-            compiles=[dict(kernel=r.kernel, model=w.model, arch=r.arch, ok=r.ok, error=r.error, shared=r.shared,
+            compiles=[dict(kernel=r.kernel, models=models.split(","), arch=r.arch, ok=r.ok, error=r.error, shared=r.shared,
                            shared_limit=SHARED_LIMIT[r.arch], registers=r.registers, spill_bytes=r.spill_bytes,
                            dots=r.dots, num_warps=r.num_warps, num_stages=r.num_stages, constexprs=r.constexprs)
-                      for r, w in rows],
+                      for r, models in rows],
             bytes_per_token=[dict(model=w.model, batch=w.batch, context=w.context, heads=w.heads,
                                   head_dim=w.head_dim, segments=w.segments,
                                   handed=bytes_handed(w) / (w.batch * w.context),
