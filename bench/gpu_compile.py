@@ -19,8 +19,9 @@ sm_80 (A100) and sm_90 (H100). Per kernel it reports:
 and per model the bytes handed to the kernels per token of one forward+backward (the sum over
 launches of the bytes of every tensor argument, each counted once per launch) against the
 floor of q, k, v, h read or written once forward and q, k, v, h, dh, dq, dk, dv once backward;
-and the memory of one mLSTM layer's kernel call: tensors saved for backward beyond the layer's
-inputs, and the kernel buffers allocated in forward and backward.
+and the memory of one mLSTM layer's kernel call at micro-batch 1: tensors saved for backward
+beyond the layer's inputs, and the kernel buffers allocated in forward and backward, with the
+segments of segments="auto" and without segments (P = 1: the kernels alone).
 
     python bench/gpu_compile.py                                   # every shipped model, sm_80 + sm_90
     python bench/gpu_compile.py --models prot_xlstm_26m,prot_xlstm_102m --archs 90 --check
@@ -121,8 +122,9 @@ def _nbytes(t) -> int:
     return t.numel() * t.element_size()
 
 
-def run_workload(model, cfg, B, S, sm_count) -> Workload:
-    """One mLSTM layer's kernel call, forward and backward, on meta tensors, launches captured."""
+def run_workload(model, cfg, B, S, sm_count, segments=None) -> Workload:
+    """One mLSTM layer's kernel call, forward and backward, on meta tensors, launches captured;
+    `segments` None: what segments="auto" picks on the GPU."""
     import torch
 
     import kernels
@@ -130,7 +132,7 @@ def run_workload(model, cfg, B, S, sm_count) -> Workload:
     H = cfg.num_heads
     D = cfg.inner_dim // H
     L = chunk_size_of(cfg.chunk_size, D, S)
-    P = gpu_segments(B, H, S, L, sm_count)
+    P = gpu_segments(B, H, S, L, sm_count) if segments is None else segments
     work = Workload(model, B, S, H, D, cfg.chunk_size, P)
     meta = dict(device="meta", requires_grad=True)
     q, k, v = (torch.empty(B, H, S, D, dtype=torch.bfloat16, **meta) for _ in range(3))
@@ -315,14 +317,15 @@ def shipped_models():
     return sorted(p.stem for p in (REPO / "configs" / "models").glob("*.yaml"))
 
 
-def build_workloads(models, sm_count, contexts=None):
+def build_workloads(models, sm_count, contexts=None, segment_choices=(None,)):
     workloads = []
     for name in models:
         cfg, shapes = model_shapes(name)
         if contexts:
             shapes = [(1, S) for S in contexts]
         for B, S in shapes:
-            workloads.append(run_workload(name, cfg, B, S, sm_count))
+            for segments in segment_choices:
+                workloads.append(run_workload(name, cfg, B, S, sm_count, segments))
     return workloads
 
 
@@ -453,7 +456,7 @@ def main(argv=None):
     memory = []
     if args.memory_models:
         memory = build_workloads(args.memory_models.split(","), args.sm_count,
-                                 [int(s) for s in args.memory_contexts.split(",")])
+                                 [int(s) for s in args.memory_contexts.split(",")], segment_choices=(None, 1))
         print()
         print("# memory of one mLSTM layer's kernel call (micro-batch 1): saved for backward beyond its "
               "inputs, kernel buffers allocated in forward and in backward")

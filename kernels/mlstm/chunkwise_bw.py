@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunkwise_fw import chunk_geometry, document_before, masked_log_weights
+from kernels.mlstm.chunkwise_fw import chunk_geometry, document_before, masked_log_weights, source_tile_log_weights
 from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
 
 
@@ -87,15 +87,8 @@ def _chunk_dq_kernel(
     acc = tl.zeros((T, BK), dtype=tl.float32)
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
-        src = tile - j
-        R += tl.where(src < tile, tl.load(beta_ptr + seq + src * T + T - 1), 0.0)
-        s = src * T + rows
-        doc_s = s
-        if HAS_RESETS:
-            doc_s = tl.load(doc_ptr + doc_off + s)
-        log_w = masked_log_weights(R, beta_t[:, None], tl.load(beta_ptr + seq + s)[None, :],
-                                   tl.load(i_ptr + seq + s)[None, :], t[:, None], s[None, :],
-                                   doc_t[:, None], doc_s[None, :], HAS_RESETS)
+        R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
+                                              beta_t, doc_t, T, HAS_RESETS, False)
         dh_v = tl.zeros((T, T), dtype=tl.float32)
         for start_v in range(0, DV, BV):
             dv = start_v + tl.arange(0, BV)

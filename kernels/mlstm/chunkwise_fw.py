@@ -51,6 +51,29 @@ def document_before(doc_ptr, doc_off, pos):
 
 
 @triton.jit
+def source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, src, R, t, beta_t, doc_t,
+                            T: tl.constexpr, HAS_RESETS: tl.constexpr, STABILIZER: tl.constexpr):
+    """One step of the walk over a chunk's source tiles from the rows' tile `tile` backwards:
+    R gains the total G of `src` if it lies before the rows' tile; returns (R, the sources'
+    positions s, the (rows, sources) log weights). STABILIZER: a reset source also offers the
+    fresh state (m = 0), log weight R + beta_t, which is its own weight with i_s replaced by
+    beta_s (= log f_s at a reset); only the row maximum may use that."""
+    R += tl.where(src < tile, tl.load(beta_ptr + seq + src * T + T - 1), 0.0)
+    s = src * T + tl.arange(0, T)
+    beta_s = tl.load(beta_ptr + seq + s)
+    i_s = tl.load(i_ptr + seq + s)
+    doc_s = s
+    if HAS_RESETS:
+        doc_s = tl.load(doc_ptr + doc_off + s)
+        if STABILIZER:
+            is_reset = doc_s != document_before(doc_ptr, doc_off, s)
+            i_s = tl.where(is_reset, tl.maximum(i_s, beta_s), i_s)
+    log_w = masked_log_weights(R, beta_t[:, None], beta_s[None, :], i_s[None, :], t[:, None], s[None, :],
+                               doc_t[:, None], doc_s[None, :], HAS_RESETS)
+    return R, s, log_w
+
+
+@triton.jit
 def _chunk_states_kernel(
     k_ptr, v_ptr, i_ptr, beta_ptr, doc_ptr,
     C0_ptr, n0_ptr, m0_ptr,
@@ -154,20 +177,8 @@ def _chunk_outputs_kernel(
     m_row = tl.full((T,), float("-inf"), tl.float32)
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
-        src = tile - j
-        R += tl.where(src < tile, tl.load(beta_ptr + seq + src * T + T - 1), 0.0)
-        s = src * T + rows
-        beta_s = tl.load(beta_ptr + seq + s)
-        i_s = tl.load(i_ptr + seq + s)
-        doc_s = s
-        if HAS_RESETS:
-            doc_s = tl.load(doc_ptr + doc_off + s)
-            # a reset source also offers the fresh state (m = 0): log weight R + beta_t, which is
-            # the source's own weight with i_s replaced by beta_s (= log f_s at a reset)
-            is_reset = doc_s != document_before(doc_ptr, doc_off, s)
-            i_s = tl.where(is_reset, tl.maximum(i_s, beta_s), i_s)
-        log_w = masked_log_weights(R, beta_t[:, None], beta_s[None, :], i_s[None, :], t[:, None], s[None, :],
-                                   doc_t[:, None], doc_s[None, :], HAS_RESETS)
+        R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
+                                              beta_t, doc_t, T, HAS_RESETS, True)
         m_row = tl.maximum(m_row, tl.max(log_w, axis=1))
     log_inter = R + beta_t + m_prev
     if HAS_RESETS:
@@ -180,15 +191,8 @@ def _chunk_outputs_kernel(
     den = tl.zeros((T,), dtype=tl.float32)
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
-        src = tile - j
-        R += tl.where(src < tile, tl.load(beta_ptr + seq + src * T + T - 1), 0.0)
-        s = src * T + rows
-        doc_s = s
-        if HAS_RESETS:
-            doc_s = tl.load(doc_ptr + doc_off + s)
-        log_w = masked_log_weights(R, beta_t[:, None], tl.load(beta_ptr + seq + s)[None, :],
-                                   tl.load(i_ptr + seq + s)[None, :], t[:, None], s[None, :],
-                                   doc_t[:, None], doc_s[None, :], HAS_RESETS)
+        R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
+                                              beta_t, doc_t, T, HAS_RESETS, False)
         qk = tl.zeros((T, T), dtype=tl.float32)
         for start_k in range(0, DQK, BK):
             dk = start_k + tl.arange(0, BK)

@@ -34,8 +34,11 @@ CASES = [
     (1, 2, 64, 32, 16, 64, 16),        # four tiles per chunk
     (2, 1, 40, 24, 24, 32, 16),        # non-power-of-two head dim; S = 2.5 tiles: padded, partial chunk
     (1, 1, 100, 16, 24, 64, 16),       # two chunks, the second partial
-    (1, 1, 600, 16, 16, 256, 64),      # chunk 256 (rule: head dim 128), last chunk partial
-    (1, 1, 1000, 16, 16, 1024, 64),    # chunk 1024 (rule: head dim 512), one partial chunk of 16 tiles
+]
+# the chunks the rule picks for head dims 128 and 512, with small head dims, the last chunk partial
+LARGE_CASES = [
+    (1, 1, 600, 16, 16, 256, 64),
+    (1, 1, 1000, 16, 16, 1024, 64),    # one partial chunk of 16 tiles
 ]
 
 
@@ -64,12 +67,20 @@ def test_outputs_state_and_gradients_match_float64_reference(B, H, S, Dqk, Dv, L
     assert_close(got, _reference(inputs), FP32_TOL)
 
 
+@pytest.mark.parametrize("B,H,S,Dqk,Dv,L,T", LARGE_CASES, ids=_ids(LARGE_CASES))
+def test_large_chunks_match_float64_reference(B, H, S, Dqk, Dv, L, T, seq_tile):
+    seq_tile(T)
+    inputs = make_inputs(B, H, S, Dqk, Dv, with_state=True)
+    got = outputs_and_grads(mlstm_chunkwise_triton, inputs, chunk_size=L)
+    assert_close(got, _reference(inputs), FP32_TOL)
+
+
 @pytest.mark.parametrize("gates", ["wide", "extreme"])
 @pytest.mark.parametrize("L,T", [(16, 16), (64, 16)], ids=["L16", "L64-T16"])
 def test_extreme_gates_stay_finite_and_match(gates, L, T, seq_tile):
     """i~ uniform in [-30, 30] and f~ near +-20 (full forget and no decay mixed)."""
     seq_tile(T)
-    inputs = make_inputs(2, 2, 80, 16, 24, gates=gates, with_state=True)
+    inputs = make_inputs(2, 1, 80, 16, 24, gates=gates, with_state=True)
     got = outputs_and_grads(mlstm_chunkwise_triton, inputs, chunk_size=L)
     assert_close(got, _reference(inputs), FP32_TOL)
 
@@ -89,7 +100,7 @@ def test_head_dims_tiled_with_masks(monkeypatch, seq_tile):
     dkv programs that own a Dv tile but no Dqk tile."""
     monkeypatch.setattr(tiling, "MAX_HEAD_TILE", 16)
     seq_tile(16)
-    inputs = make_inputs(1, 2, 48, 24, 40, gates="wide", with_state=True)
+    inputs = make_inputs(1, 1, 48, 24, 40, gates="wide", with_state=True)
     got = outputs_and_grads(mlstm_chunkwise_triton, inputs, chunk_size=32)
     assert_close(got, _reference(inputs), FP32_TOL)
 
@@ -276,7 +287,7 @@ RESET_LENGTHS = [[5, 11, 5, 1, 10, 38, 10], [16, 48, 15, 1]]
 @pytest.mark.parametrize("gates", ["moderate", "extreme"])
 def test_resets_match_the_reference(gates, reset_at_start, seq_tile):
     seq_tile(16)
-    inputs = make_inputs(2, 2, 80, 16, 24, gates=gates, with_state=True)
+    inputs = make_inputs(2, 1, 80, 16, 24, gates=gates, with_state=True)
     resets = resets_from_lengths(RESET_LENGTHS, reset_at_start)
     got = outputs_and_grads(mlstm_chunkwise_triton, inputs, chunk_size=32, resets=resets)
     assert_close(got, _reference(inputs, resets=resets), FP32_TOL)
@@ -291,24 +302,17 @@ def test_resets_equal_documents_run_alone_at_one_tile_per_chunk():
     assert_close(got, alone, FP32_TOL)
 
 
-def test_nothing_crosses_a_reset(seq_tile):
-    """Gradients of everything after row 0's first reset w.r.t. the initial state and earlier
-    tokens are exactly zero, and dlog f is exactly zero at every reset."""
+def test_forget_gradient_is_exactly_zero_at_resets(seq_tile):
+    """A reset's own forget gate only decays the fresh (empty) state: dlog f is set to exactly 0
+    there rather than left as the rounding residue of two cancelling sums (test_resets.py checks
+    that nothing crosses a reset, on this backend too)."""
     seq_tile(16)
-    x = make_inputs(2, 2, 80, 16, 16, gates="wide", with_state=True)
+    inputs = make_inputs(2, 1, 80, 16, 16, gates="wide", with_state=True)
     resets = resets_from_lengths(RESET_LENGTHS)
-    leaves = {name: x[name].clone().requires_grad_() for name in ("q", "k", "v", "i", "f", "C0", "n0")}
-    h, (C, n, _) = mlstm_chunkwise_triton(*(leaves[name] for name in "qkvif"),
-                                          initial_state=(leaves["C0"], leaves["n0"], x["m0"]),
-                                          return_final_state=True, chunk_size=32, resets=resets)
-    first_reset = 5
-    (h[0, :, first_reset:].sum() + C[0].sum() + n[0].sum()).backward()
-    for name in ("C0", "n0"):
-        assert not leaves[name].grad[0].any(), name
-    for name in "qkvif":
-        assert not leaves[name].grad[0, :, :first_reset].any(), name
-        assert leaves[name].grad[0, :, first_reset:].abs().sum() > 0, name
-    assert not leaves["f"].grad[0][:, resets[0]].any()
+    got = outputs_and_grads(mlstm_chunkwise_triton, inputs, chunk_size=32, resets=resets)
+    at_reset = resets[:, None, :].expand_as(got["df"])
+    assert not got["df"][at_reset].any()
+    assert (got["df"][~at_reset] != 0).double().mean() > 0.9
 
 
 @pytest.mark.parametrize("segments", [1, 2], ids=["whole", "two-segments"])
@@ -318,7 +322,7 @@ def test_resets_through_the_registry_and_segments(segments, seq_tile):
     seq_tile(16)
     from kernels import mlstm_chunkwise
 
-    inputs = make_inputs(1, 2, 76, 16, 16, gates="wide", with_state=True)
+    inputs = make_inputs(1, 1, 76, 16, 16, gates="wide", with_state=True)
     resets = resets_from_lengths([[7, 30, 1, 38]])
     got = outputs_and_grads(mlstm_chunkwise, inputs, backend="triton", chunk_size=32, segments=segments,
                             resets=resets)
