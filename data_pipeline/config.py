@@ -7,6 +7,7 @@ passed to `build_loader`, so shards never need rebuilding when it changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Optional
 
 from data_pipeline.errors import ConfigError
 
@@ -27,6 +28,9 @@ class DataConfig:
     fim_span_fraction: float = 0.2   # span length uniform in [1, max(floor(frac * L), 2))
     max_position_id: int = 2047      # protein position ids clamped here
     shuffle_members: bool = True     # shuffle cluster members / domain molecules per sample
+    packing: Optional[bool] = None   # fill each row with whole documents (state reset at each);
+                                     # None = on for protein and molecules, and for DNA where a
+                                     # stored window is shorter than the context (else padding)
     num_workers: int = 2             # logical sub-streams per data-parallel rank
     seed: int = 0                    # data order seed (added to the seed given to build_loader)
     on_corrupt: str = "error"        # "error" stops with the shard and member; "skip" counts it
@@ -58,6 +62,8 @@ class DataConfig:
             bad("num_workers", "must be >= 1")
         if self.on_corrupt not in ("error", "skip"):
             bad("on_corrupt", "choose 'error' or 'skip'")
+        if self.packing is not None and not isinstance(self.packing, bool):
+            bad("packing", "must be true, false or null (null = per modality, see DataConfig)")
         if self.max_position_id < 1:
             bad("max_position_id", "must be >= 1")
         return self

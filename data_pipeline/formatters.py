@@ -1,29 +1,44 @@
-"""Modality formatters: one stored sample -> one packed sequence of exactly `context_len`.
+"""Modality formatters: one stored sample -> one *document* of at most `context_len` tokens.
 
-Every formatter returns `(input_ids, labels, position_ids)`, three lists of length S =
-context_len. Labels are aligned with the logits: for CLM label[t] is token t+1; -100 marks
-positions without loss (padding, unmasked MLM positions). All randomness comes from the
-`random.Random` passed in, which the loader derives from (seed, epoch, item): that is what
-makes a resumed stream identical.
+Every formatter returns a `Document` (inputs, labels, positions: three lists of one length
+n <= S = context_len), unpadded: the loader either pads it into a row of its own
+(`pad_document`) or packs several into one row (data_pipeline/packing.py). Labels are aligned
+with the logits: for CLM label[t] is token t+1 of the same document (-100 after its last token,
+so a document never predicts the next one); -100 marks positions without loss (unmasked MLM
+positions). Cutting a document to its first r positions therefore keeps exactly the targets
+that exist in those r positions. All randomness comes from the `random.Random` passed in, which
+the loader derives from (seed, epoch, item): that is what makes a resumed stream identical.
 """
 from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 IGNORE = -100
 
 
-def pack_causal(tokens: list[int], positions: list[int], context_len: int, pad_id: int):
-    """Inputs = first S tokens, labels = the next token; shorter streams padded without loss."""
-    tokens = tokens[: context_len + 1]
-    positions = positions[:context_len]
+class Document(NamedTuple):
+    """One formatted sample: equal-length lists of input ids, aligned labels and position ids."""
+
+    inputs: list
+    labels: list
+    positions: list
+
+
+def causal_document(tokens: list[int], positions: list[int], context_len: int) -> Document:
+    """Inputs = the first S tokens, labels = the next token of the same stream (none after the
+    last one)."""
     inputs = tokens[:context_len]
-    labels = tokens[1:]
-    n = len(inputs)
-    pad = context_len - n
-    return (inputs + [pad_id] * pad, labels + [IGNORE] * (context_len - len(labels)),
-            positions + [0] * (context_len - len(positions)))
+    labels = tokens[1:context_len + 1]
+    return Document(inputs, labels + [IGNORE] * (len(inputs) - len(labels)), positions[:len(inputs)])
+
+
+def pad_document(document: Document, context_len: int, pad_id: int) -> Document:
+    """A row holding one document, padded to S without loss (position 0 on padding)."""
+    pad = context_len - len(document.inputs)
+    return Document(document.inputs + [pad_id] * pad, document.labels + [IGNORE] * pad,
+                    document.positions + [0] * pad)
 
 
 # ----------------------------------------------------------------------------- DNA
@@ -41,15 +56,15 @@ def dna_window(ids: bytes, context_len: int, need: int, sub_index: int, rng: ran
     return list(ids[start:start + need])
 
 
-def dna_clm(window: list[int], context_len: int, pad_id: int, complement: list[int] | None):
-    """Causal LM on a window of context_len + 1 bases; `complement` given = reverse-complement it."""
+def dna_clm(window: list[int], context_len: int, complement: list[int] | None) -> Document:
+    """Causal LM on a window of up to context_len + 1 bases; `complement` given = reverse-complement it."""
     if complement is not None:
         window = [complement[i] for i in reversed(window)]
-    return pack_causal(window, list(range(min(len(window), context_len))), context_len, pad_id)
+    return causal_document(window, list(range(min(len(window), context_len))), context_len)
 
 
-def dna_mlm(window: list[int], context_len: int, pad_id: int, mask_id: int, base_ids: list[int],
-            probability: float, rng: random.Random, complement: list[int] | None):
+def dna_mlm(window: list[int], context_len: int, mask_id: int, base_ids: list[int],
+            probability: float, rng: random.Random, complement: list[int] | None) -> Document:
     """BERT masking: each base selected with p; selected -> 80% [MASK], 10% random base, 10% kept."""
     if complement is not None:
         window = [complement[i] for i in reversed(window)]
@@ -68,8 +83,7 @@ def dna_mlm(window: list[int], context_len: int, pad_id: int, mask_id: int, base
         else:
             inputs.append(token)
             labels.append(IGNORE)
-    pad = context_len - len(inputs)
-    return inputs + [pad_id] * pad, labels + [IGNORE] * pad, list(range(len(window))) + [0] * pad
+    return Document(inputs, labels, list(range(len(window))))
 
 
 # ----------------------------------------------------------------------------- protein
@@ -133,9 +147,9 @@ def protein_fim_sequence(residues: list[int], spans: list[tuple[int, int]], cls_
 
 def protein_icl(members: list[list[int]], context_len: int, rng: random.Random, tokenizer,
                 fim: bool, mean_spans: float, max_spans: int, span_fraction: float,
-                max_position: int, shuffle: bool):
+                max_position: int, shuffle: bool) -> Document:
     """Homology in-context sample: shuffled members, each FIM-formatted, concatenated and
-    truncated to the context length (DESIGN.md section 8). Loss on every non-pad token."""
+    truncated to the context length (DESIGN.md section 8). Loss on every token."""
     order = list(range(len(members)))
     if shuffle:
         rng.shuffle(order)
@@ -151,14 +165,14 @@ def protein_icl(members: list[list[int]], context_len: int, rng: random.Random, 
         positions.extend(seq_positions)
         if len(tokens) > context_len:
             break
-    return pack_causal(tokens, positions, context_len, tokenizer.pad_id)
+    return causal_document(tokens, positions, context_len)
 
 
 # ----------------------------------------------------------------------------- molecules
 
 
 def molecules_icl(molecules: list[list[int]], context_len: int, rng: random.Random, tokenizer,
-                  shuffle: bool):
+                  shuffle: bool) -> Document:
     """`[BEG] mol . mol . ... [END]`: whole molecules of one domain in a fresh order each
     sample, as many as fit (the first is truncated if it alone is too long)."""
     order = list(range(len(molecules)))
@@ -172,4 +186,4 @@ def molecules_icl(molecules: list[list[int]], context_len: int, rng: random.Rand
             break
         tokens.extend(piece)
     tokens.append(tokenizer.end_id)
-    return pack_causal(tokens, list(range(len(tokens))), context_len, tokenizer.pad_id)
+    return causal_document(tokens, list(range(len(tokens))), context_len)

@@ -40,6 +40,12 @@ class _VocabTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def num_used_ids(self) -> int:
+        """How many ids (0..n-1) encoding and the formatters can produce: the least embedding
+        size of a model trained on this tokenizer's data."""
+        return len(self.vocab)
+
     def token_id(self, token: str) -> int:
         return self.token_to_id[token]
 
@@ -116,6 +122,12 @@ class DNATokenizer(_CharTokenizer):
         return self.token_to_id["[PAD]"]
 
     @property
+    def num_used_ids(self) -> int:
+        """12: the [UNUSED*] ids only pad the vocabulary to 16 and are never produced, so a model
+        with the official DNA-xLSTM's 12-id embedding trains on this data."""
+        return self.token_to_id["N"] + 1
+
+    @property
     def mask_id(self) -> int:
         return self.token_to_id["[MASK]"]
 
@@ -173,33 +185,59 @@ class ProteinTokenizer(_CharTokenizer):
 SMILES_REGEX = re.compile(
     r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
 )
+# The segmentation of the official Chem-xLSTM code (chemxlstm/smiles_utils.py `segment_smiles`
+# with its default segment_sq_brackets=True, what its data loader and sampler call): "[" and "]"
+# are tokens of their own, element symbols inside brackets are split off (two-letter symbols of
+# this list first; "Cs" only right inside brackets), then bonds, branches and ring digits. Its
+# backslash alternative matches two backslashes, so a single "\" (a SMILES bond) is no token
+# there: the official code drops it silently; this tokenizer refuses it instead.
+CHEM_XLSTM_ELEMENTS = (
+    "Si Xe Ba Rb Ra Sr Dy Li Kr Bi Mn He Am Pu Cm Pm Ne Th Ni Pr Fe Lu Pa Fm Tm Tb Er Be Al Gd "
+    "Eu te As Pt Lr Sm Ca La Ti Te Ac Cf Rf Na Cu Au Nd Ag Se se Zn Mg Br Cl Pb Sb "
+    "U V K C B H N O S P F I b c n o s p").split()
+CHEM_XLSTM_REGEX = re.compile(
+    r"(\[|\]|(?<=\[)Cs(?=\])|" + "|".join(CHEM_XLSTM_ELEMENTS)
+    + r"|\(|\)|\.|=|#|-|\+|\\\\|\/|:|~|@|\?|>|\*|\$|\%\d{2}|\d)")
+SMILES_SEGMENTATIONS = {"atoms": SMILES_REGEX, "chem_xlstm": CHEM_XLSTM_REGEX}
 SMILES_SPECIALS = ["[PAD]", "[BEG]", "[END]", "[UNK]"]
+SMILES_REQUIRED = ("[PAD]", "[BEG]", "[END]")      # [PAD] = 0; [UNK] is optional
 # Tokens every vocabulary holds, so small builds still tokenize common organic SMILES.
 SMILES_BASE_TOKENS = (list("BCNOSPFI") + ["Cl", "Br"] + list("bcnosp") + list("()[]=#-+\\/:.%*")
                       + [str(d) for d in range(10)])
 
 
-def split_smiles(smiles: str) -> list[str]:
-    """Regex atom-level pieces; raises ValueError if the pieces do not cover the string."""
-    pieces = SMILES_REGEX.findall(smiles)
+def split_smiles(smiles: str, segmentation: str = "atoms") -> list[str]:
+    """Regex pieces; raises ValueError if the pieces do not cover the string."""
+    pieces = SMILES_SEGMENTATIONS[segmentation].findall(smiles)
     if "".join(pieces) != smiles:
         raise ValueError(smiles)
     return pieces
 
 
 class SmilesTokenizer(_VocabTokenizer):
-    """Regex atom-level SMILES tokens; the vocabulary grows from the build's training data."""
+    """Regex SMILES tokens; the vocabulary grows from the build's training data.
+
+    `segmentation`: "atoms" (bracket atoms are one token; this project's builds) or
+    "chem_xlstm" (the official Chem-xLSTM segmentation, for its converted checkpoints).
+    `from_vocab` keeps a given vocabulary in its exact order (the official one is [PAD] = 0,
+    then tokens in order of appearance in the training data, no [UNK])."""
 
     kind = "molecules"
     wildcard = "[UNK]"
 
-    def __init__(self, tokens: Iterable[str] = (), unknown: str = "error"):
+    def __init__(self, tokens: Iterable[str] = (), unknown: str = "error", segmentation: str = "atoms"):
         seen = list(SMILES_SPECIALS)
         for token in list(SMILES_BASE_TOKENS) + sorted(set(tokens)):
             if token not in seen:
                 seen.append(token)
         self.vocab = seen
+        self._set_segmentation(segmentation)
         super().__init__(unknown)
+
+    def _set_segmentation(self, segmentation: str) -> None:
+        if segmentation not in SMILES_SEGMENTATIONS:
+            raise ConfigError(f"segmentation={segmentation!r}: choose one of {', '.join(SMILES_SEGMENTATIONS)}")
+        self.segmentation = segmentation
 
     @classmethod
     def from_corpus(cls, smiles: Iterable[str], unknown: str = "error") -> "SmilesTokenizer":
@@ -207,6 +245,28 @@ class SmilesTokenizer(_VocabTokenizer):
         for item in smiles:
             tokens.update(split_smiles(item))
         return cls(sorted(tokens), unknown)
+
+    @classmethod
+    def from_vocab(cls, vocab: Sequence[str], unknown: str = "error", segmentation: str = "atoms",
+                   source: str = "vocab") -> "SmilesTokenizer":
+        """A tokenizer whose ids are exactly the positions of `vocab`."""
+        if not isinstance(vocab, (list, tuple)):
+            raise ConfigError(f"{source}: field 'vocab' must be a list of token strings")
+        vocab = list(vocab)
+        if not all(isinstance(t, str) and t for t in vocab) or len(set(vocab)) != len(vocab):
+            raise ConfigError(f"{source}: field 'vocab' must list distinct non-empty token strings")
+        missing = [t for t in SMILES_REQUIRED if t not in vocab]
+        if missing or vocab[0] != "[PAD]":
+            raise ConfigError(f"{source}: a SMILES vocab needs [PAD] at id 0 and [BEG], [END] "
+                              f"(missing {missing or ['[PAD] at 0']})")
+        _check_policy(unknown)
+        if unknown == "replace" and "[UNK]" not in vocab:
+            raise ConfigError(f"{source}: unknown='replace' needs an [UNK] token in the vocab; use 'error'")
+        tokenizer = cls.__new__(cls)
+        tokenizer.vocab = vocab
+        tokenizer._set_segmentation(segmentation)
+        _VocabTokenizer.__init__(tokenizer, unknown)
+        return tokenizer
 
     @property
     def pad_id(self) -> int:
@@ -225,14 +285,21 @@ class SmilesTokenizer(_VocabTokenizer):
         """Molecules of one domain are joined with '.' (Chem-xLSTM), a plain SMILES token."""
         return self.token_to_id["."]
 
+    @property
+    def special_tokens(self) -> list[str]:
+        """The named specials this vocabulary holds (never sequence content)."""
+        return [t for t in SMILES_SPECIALS if t in self.token_to_id]
+
     def encode(self, sequence: str, unknown: str | None = None, where: str | None = None) -> list[int]:
         policy = unknown or self.unknown
         _check_policy(policy)
+        if policy == "replace" and "[UNK]" not in self.token_to_id:
+            raise ConfigError("unknown='replace': this vocabulary has no [UNK] token; use 'error'")
         try:
-            pieces = split_smiles(sequence)
+            pieces = split_smiles(sequence, self.segmentation)
         except ValueError:
             covered = 0
-            for match in SMILES_REGEX.finditer(sequence):
+            for match in SMILES_SEGMENTATIONS[self.segmentation].finditer(sequence):
                 if match.start() != covered:
                     break
                 covered = match.end()
@@ -248,7 +315,10 @@ class SmilesTokenizer(_VocabTokenizer):
         return ids
 
     def to_dict(self) -> dict:
-        return {"type": self.kind, "vocab": list(self.vocab), "unknown": self.unknown}
+        spec = {"type": self.kind, "vocab": list(self.vocab), "unknown": self.unknown}
+        if self.segmentation != "atoms":
+            spec["segmentation"] = self.segmentation
+        return spec
 
 
 TOKENIZER_TYPES = {"dna": DNATokenizer, "protein": ProteinTokenizer, "molecules": SmilesTokenizer}
@@ -280,18 +350,9 @@ def load_tokenizer(path_or_dict):
         raise ConfigError(f"{source}: field 'type'={kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")
     unknown = spec.get("unknown", "error")
     if kind == "molecules":
-        vocab = spec.get("vocab")
-        if (not isinstance(vocab, list) or not all(isinstance(t, str) and t for t in vocab)
-                or len(set(vocab)) != len(vocab)):
-            raise ConfigError(f"{source}: field 'vocab' must list distinct non-empty token strings")
-        if vocab[: len(SMILES_SPECIALS)] != SMILES_SPECIALS:
-            raise ConfigError(f"{source}: SMILES vocab must start with {SMILES_SPECIALS}")
-        tokenizer = SmilesTokenizer(vocab[len(SMILES_SPECIALS):], unknown)
-        if tokenizer.vocab != vocab:
-            # Keep the saved order exactly: ids must not move between save and load.
-            tokenizer.vocab = list(vocab)
-            tokenizer.token_to_id = {t: i for i, t in enumerate(vocab)}
-        return tokenizer
+        # Keep the saved order exactly: ids must not move between save and load.
+        return SmilesTokenizer.from_vocab(spec.get("vocab") or [], unknown,
+                                          spec.get("segmentation", "atoms"), source)
     tokenizer = TOKENIZER_TYPES[kind](unknown=unknown)
     if spec.get("vocab") not in (None, tokenizer.vocab):
         raise ConfigError(f"{source}: vocab differs from the built-in {kind} vocabulary; "

@@ -1,7 +1,10 @@
 """How a block's residual branch is applied: causal, reversed, bidirectional or RC-shared.
 
-Each wrapper is one entry of `model.blocks` with forward(x, positions, cp_group) -> x_out, so
-activation checkpointing can wrap it. `positions` are the clamped RoPE positions (B, S).
+Each wrapper is one entry of `model.blocks` with the same forward(x, positions, cp_group,
+reversed_positions) -> x_out, so activation checkpointing can wrap any of them and the model
+calls them all alike. `positions` are the clamped RoPE positions (B, S) of the left-to-right
+pass; `reversed_positions` (B, S) are those of a right-to-left pass, already in the flipped
+order (the model builds them by `ModelConfig.reversed_positions`; None for causal stacks).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None):
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
         return x + self.inner(x, positions, cp_group)
 
     def init_state(self, batch_size, device=None, dtype=torch.float32):
@@ -31,46 +34,50 @@ class CausalBlock(nn.Module):
 
 
 class ReversedBlock(nn.Module):
-    """x + flip(f(flip(x))): right-to-left (odd blocks of an "alternating" stack).
-    Tokens keep their own position ids (flipped with x)."""
+    """x + flip(f(flip(x))): right-to-left (the reversed blocks of an "alternating" stack).
+    The residual commutes with the flips, so branch and whole-block forms are the same here."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None):
-        return x + _reversed_branch(self.inner, x, positions, cp_group)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
+        return x + _reversed_branch(self.inner, x, reversed_positions, cp_group)
 
 
 class WeightTiedBidirectionalBlock(nn.Module):
-    """x + f(x) + flip(f(flip(x))) with one set of weights for both directions."""
+    """One set of weights for both directions. Branch form: x + f(x) + flip(f(flip(x))).
+    Whole-block form (official DNA-xLSTM: the block, residual included, runs on x and on
+    flip(x) and the two are summed): 2x + f(x) + flip(f(flip(x)))."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, whole_block: bool = False):
         super().__init__()
         self.inner = inner
+        self.whole_block = whole_block
 
-    def forward(self, x, positions=None, cp_group=None):
-        return x + self.inner(x, positions, cp_group) + _reversed_branch(self.inner, x, positions, cp_group)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
+        both = self.inner(x, positions, cp_group) + _reversed_branch(self.inner, x, reversed_positions, cp_group)
+        return (2 * x if self.whole_block else x) + both
 
 
 class RCSharedBlock(nn.Module):
     """x + f(x) + RC(f(RC(x))), RC = flip sequence and channels: reverse-complement equivariant
     (g(RC x) = RC g(x), since RC is an involution) with one set of weights for both strands.
-    `rc_positions` are the positions of the RC strand's tokens (its own left-to-right index)."""
+    `reversed_positions` are the positions of the RC strand's tokens (its own left-to-right
+    index). This project's own design (rc_mode=param_sharing), not the official one."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, rc_positions=None):
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None):
         rc = reverse_complement_hidden
-        back = rc(self.inner(rc(x), rc_positions, cp_group, reverse=cp_group is not None))
+        back = rc(self.inner(rc(x), reversed_positions, cp_group, reverse=cp_group is not None))
         return x + self.inner(x, positions, cp_group) + back
 
 
-def _reversed_branch(inner, x, positions, cp_group):
-    flipped_pos = None if positions is None else positions.flip(1)
-    out = inner(x.flip(1), flipped_pos, cp_group, reverse=cp_group is not None)
+def _reversed_branch(inner, x, reversed_positions, cp_group):
+    out = inner(x.flip(1), reversed_positions, cp_group, reverse=cp_group is not None)
     return out.flip(1)
 
 

@@ -8,8 +8,6 @@ cell's cost does not grow with the context beyond one chunk. Element-wise work i
 """
 from __future__ import annotations
 
-import math
-
 from kernels.mlstm.chunking import resolve_chunk_size
 from modeling.config import ModelConfig
 
@@ -28,8 +26,9 @@ def _mlstm_block_forward(cfg: ModelConfig, context_len: int) -> float:
 
 def _slstm_block_forward(cfg: ModelConfig) -> float:
     d, H = cfg.d_model, cfg.slstm_num_heads
-    ff = 64 * math.ceil(cfg.ffn_proj_factor * d / 64)
-    return (2 * d * 4 * d                      # input contributions of the 4 gates
+    ff = cfg.ffn_dim
+    gates = 2 * 4 * d * (d // H if cfg.slstm_gate_layout == "headwise" else d)
+    return (gates                              # input contributions of the 4 gates
             + 2 * H * (d // H) * 4 * (d // H)  # block-diagonal recurrence
             + 2 * cfg.conv_kernel_size * d
             + 2 * d * 2 * ff + 2 * ff * d)     # gated feed-forward
@@ -43,7 +42,7 @@ def forward_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
         both_ways = cfg.bidirectional == "weight_tied" or cfg.rc_mode == "param_sharing"
         total += block * (2 if both_ways else 1)
     total += 2 * cfg.d_model * cfg.vocab_size                    # output projection
-    if cfg.rc_mode == "post_hoc":
+    if cfg.rc_mode in ("post_hoc", "param_sharing_halves"):
         total *= 2
     return total
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from data_pipeline.tokenizers import SMILES_SPECIALS, load_tokenizer
+from data_pipeline.tokenizers import load_tokenizer
 from modeling.errors import ModelingError
 from data_pipeline.formatters import protein_fim_sequence
 from modeling.sampling import RecurrentSession, SamplingSettings, StepTrace, generate_recurrent
@@ -113,12 +113,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
         weights = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own error types for truncated files
         raise InferenceError(f"{weights_path}: cannot read ({err}); re-export the model") from None
-    model = build_model(config)
+    stored_dtype = next(iter(weights.values())).dtype if weights else torch.float32
+    # parameters in the stored dtype before loading, so float64 weights are not rounded to fp32
+    model = build_model(config).to(stored_dtype)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise InferenceError(f"{weights_path} does not match {root / CONFIG_FILE}: missing "
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; re-export")
-    stored_dtype = next(iter(weights.values())).dtype if weights else torch.float32
     model = model.to(device=device, dtype=dtype or stored_dtype).eval()
     return BioXLSTM(model, config, tokenizer, torch.device(device))
 
@@ -238,11 +239,14 @@ class BioXLSTM:
 
     def _special_ids(self) -> list[int]:
         """Ids that are not sequence content (never sampled unless they are a stop token).
-        SMILES bracket atoms such as `[C@@H]` are content; only the named specials are not."""
+        SMILES bracket atoms such as `[C@@H]` are content; only the named specials are not.
+        Ids beyond the model's vocabulary (DNA's padding ids with a 12-id model) have no logit."""
         if self.modality == "molecules":
-            return [self.tokenizer.token_id(t) for t in SMILES_SPECIALS]
-        return [i for i, token in enumerate(self.tokenizer.vocab)
-                if len(token) > 1 and token[0] in "<[" and token[-1] in ">]"]
+            ids = [self.tokenizer.token_id(t) for t in self.tokenizer.special_tokens]
+        else:
+            ids = [i for i, token in enumerate(self.tokenizer.vocab)
+                   if len(token) > 1 and token[0] in "<[" and token[-1] in ">]"]
+        return [i for i in ids if i < self.config.vocab_size]
 
     def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,

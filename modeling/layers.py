@@ -18,30 +18,51 @@ def wang_init_(weight: torch.Tensor, dim: int, num_blocks: int) -> None:
     nn.init.normal_(weight, mean=0.0, std=2.0 / (num_blocks * math.sqrt(dim)))
 
 
-class MultiHeadLayerNorm(nn.Module):
+class LayerNorm(nn.Module):
+    """Layer norm with a weight and no bias. With `weight_offset` the parameter is the offset
+    from 1 (effective weight 1 + w, initialised 0), the official xLSTM parameterisation, so an
+    official checkpoint's norm weights load as stored. The key is `weight` either way, as for
+    `nn.LayerNorm(bias=False)`."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, weight_offset: bool = False):
+        super().__init__()
+        self.dim, self.eps, self.weight_offset = dim, eps, weight_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if weight_offset else torch.ones(dim))
+
+    def effective_weight(self) -> torch.Tensor:
+        return 1.0 + self.weight if self.weight_offset else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), weight=self.effective_weight(), eps=self.eps)
+
+
+class MultiHeadLayerNorm(LayerNorm):
     """Layer norm per head over its channels (a group norm), weight only; x (..., H, Dh)."""
 
-    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
-        self.weight = nn.Parameter(torch.ones(num_heads * head_dim))
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5, weight_offset: bool = False):
+        super().__init__(num_heads * head_dim, eps, weight_offset)
+        self.num_heads, self.head_dim = num_heads, head_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x, (self.head_dim,), eps=self.eps)
-        return y.flatten(-2) * self.weight
+        return y.flatten(-2) * self.effective_weight()
 
 
 class HeadwiseLinear(nn.Module):
-    """Block-diagonal linear map (blocks of `block_size` channels), no bias: the q/k/v projection."""
+    """Block-diagonal linear map (blocks of `block_size` channels), optional bias: the q/k/v
+    projection and the official sLSTM gates. Weight (blocks, out, in), the official
+    `LinearHeadwiseExpand` layout."""
 
-    def __init__(self, dim: int, block_size: int):
+    def __init__(self, dim: int, block_size: int, bias: bool = False):
         super().__init__()
         self.num_blocks, self.block_size = dim // block_size, block_size
         self.weight = nn.Parameter(torch.empty(self.num_blocks, block_size, block_size))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.unflatten(-1, (self.num_blocks, self.block_size))
-        return torch.einsum("...hi,hoi->...ho", xb, self.weight).flatten(-2)
+        y = torch.einsum("...hi,hoi->...ho", xb, self.weight).flatten(-2)
+        return y if self.bias is None else y + self.bias
 
 
 class CausalDepthwiseConv(nn.Module):

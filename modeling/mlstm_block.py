@@ -5,6 +5,10 @@ from the conv output, v from the pre-conv x (headwise, blocksize 4) -> RoPE on q
 cell with gates Linear(3*inner -> heads) over concat[q, k, v] -> multi-head layer norm ->
 + skip * conv activation -> * SiLU(z) -> down-projection. The block returns its residual branch;
 the stack adds it (so bidirectional and RC wrappers can combine branches).
+
+The gates read q, k after RoPE when `gates_after_rope` (official Prot-xLSTM: its cell receives
+the rotated q, k), before it otherwise (official DNA-xLSTM). `mlstm_bias` adds biases to the
+up-projection, q/k/v and down-projection (official DNA-xLSTM `m_bias`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from torch import nn
 
 from modeling.config import ModelConfig
 from modeling.layers import (
-    CausalDepthwiseConv, HeadwiseLinear, MultiHeadLayerNorm, small_init_, wang_init_,
+    CausalDepthwiseConv, HeadwiseLinear, LayerNorm, MultiHeadLayerNorm, small_init_, wang_init_,
 )
 from modeling.rope import apply_rope, rope_cos_sin
 
@@ -29,17 +33,18 @@ class MLSTMBlock(nn.Module):
         super().__init__()
         d, inner, H = cfg.d_model, cfg.inner_dim, cfg.num_heads
         self.cfg, self.inner, self.num_heads, self.head_dim = cfg, inner, H, inner // H
-        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
-        self.proj_up = nn.Linear(d, 2 * inner, bias=False)
+        bias = cfg.mlstm_bias
+        self.norm = LayerNorm(d, cfg.norm_eps, cfg.norm_weight_offset)
+        self.proj_up = nn.Linear(d, 2 * inner, bias=bias)
         self.conv = CausalDepthwiseConv(inner, cfg.conv_kernel_size)
-        self.q_proj = HeadwiseLinear(inner, cfg.qk_block_size)
-        self.k_proj = HeadwiseLinear(inner, cfg.qk_block_size)
-        self.v_proj = HeadwiseLinear(inner, cfg.qk_block_size)
+        self.q_proj = HeadwiseLinear(inner, cfg.qk_block_size, bias)
+        self.k_proj = HeadwiseLinear(inner, cfg.qk_block_size, bias)
+        self.v_proj = HeadwiseLinear(inner, cfg.qk_block_size, bias)
         self.igate = nn.Linear(3 * inner, H, bias=True)
         self.fgate = nn.Linear(3 * inner, H, bias=True)
-        self.outnorm = MultiHeadLayerNorm(H, self.head_dim, eps=cfg.norm_eps)
+        self.outnorm = MultiHeadLayerNorm(H, self.head_dim, cfg.norm_eps, cfg.norm_weight_offset)
         self.skip = nn.Parameter(torch.ones(inner))
-        self.proj_down = nn.Linear(inner, d, bias=False)
+        self.proj_down = nn.Linear(inner, d, bias=bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -53,24 +58,35 @@ class MLSTMBlock(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
         wang_init_(self.proj_down.weight, cfg.d_model, cfg.num_blocks)
+        for lin in (self.proj_up, self.q_proj, self.k_proj, self.v_proj, self.proj_down):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
 
     # -- pieces shared by the sequence and the step form -------------------------------------
+    def _rotate(self, q, k, positions):
+        """RoPE on flat q, k (..., inner): over the whole inner dim or per head."""
+        pe, cfg = self.cfg.position_encoding, self.cfg
+        if pe == "rope_inner":
+            cos, sin = rope_cos_sin(positions, self.inner, cfg.rope_theta, cfg.max_position_id, q.dtype)
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if pe == "rope_head":
+            cos, sin = rope_cos_sin(positions, self.head_dim, cfg.rope_theta, cfg.max_position_id, q.dtype)
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)          # broadcast over heads
+            per_head = lambda t: apply_rope(t.unflatten(-1, (self.num_heads, self.head_dim)), cos, sin)
+            return per_head(q).flatten(-2), per_head(k).flatten(-2)
+        return q, k
+
     def _qkv_gates(self, x_m, x_c, positions):
         """x_m, x_c (..., inner) -> q, k, v (..., H, Dh), i, f (..., H)."""
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
-        qkv = torch.cat([q, k, v], dim=-1)
+        if not self.cfg.gates_after_rope:
+            qkv = torch.cat([q, k, v], dim=-1)
+        q, k = self._rotate(q, k, positions)
+        if self.cfg.gates_after_rope:
+            qkv = torch.cat([q, k, v], dim=-1)
         i, f = self.igate(qkv), self.fgate(qkv)
-        pe = self.cfg.position_encoding
-        if pe == "rope_inner":
-            cos, sin = rope_cos_sin(positions, self.inner, self.cfg.rope_theta, self.cfg.max_position_id, q.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))
-        q, k, v = split(q), split(k), split(v)
-        if pe == "rope_head":
-            cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta, self.cfg.max_position_id, q.dtype)
-            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)          # broadcast over heads
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v, i, f
+        return split(q), split(k), split(v), i, f
 
     def _output(self, h, x_c, z):
         """h (..., H, Dh) from the cell -> residual branch (..., d)."""

@@ -11,7 +11,7 @@ from modeling.directions import (
 )
 from modeling.dna_rc import complement_table, reverse_complement_ids, reverse_complement_logits
 from modeling.errors import ContextParallelError
-from modeling.layers import small_init_
+from modeling.layers import LayerNorm, small_init_
 from modeling.mlstm_block import MLSTMBlock
 from modeling.slstm_block import SLSTMBlock
 
@@ -58,7 +58,7 @@ class XLSTMModel(nn.Module):
         else:
             self.embedding = nn.Embedding(V, d)
             small_init_(self.embedding.weight, d)
-            self.final_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+            self.final_norm = LayerNorm(d, cfg.norm_eps, cfg.norm_weight_offset)
             self.head = None if cfg.tie_embeddings else nn.Linear(d, V, bias=False)
             if self.head is not None:
                 small_init_(self.head.weight, d)
@@ -75,8 +75,8 @@ class XLSTMModel(nn.Module):
         if self.rc_shared:
             return RCSharedBlock(block)
         if self.cfg.bidirectional == "weight_tied":
-            return WeightTiedBidirectionalBlock(block)
-        if self.cfg.bidirectional == "alternating" and index % 2 == 1:
+            return WeightTiedBidirectionalBlock(block, self.cfg.bidirectional_residual == "whole_block")
+        if self.cfg.bidirectional == "alternating" and self.cfg.reverses_block(index):
             return ReversedBlock(block)
         return CausalBlock(block)
 
@@ -101,7 +101,10 @@ class XLSTMModel(nn.Module):
         return F.linear(hidden, weight)
 
     def _positions(self, input_ids, position_ids, cp_group):
+        """(positions, reversed_positions), clamped: the RoPE positions of the left-to-right pass
+        and those of the right-to-left passes in flipped order (None for a causal stack)."""
         B, S = input_ids.shape
+        cfg = self.cfg
         offset, total = 0, S
         if cp_group is not None:
             import torch.distributed as dist
@@ -109,19 +112,24 @@ class XLSTMModel(nn.Module):
             total = dist.get_world_size(group=cp_group) * S
         if position_ids is None:
             position_ids = (torch.arange(S, device=input_ids.device) + offset).expand(B, S)
-        rc_positions = None
-        if self.rc_shared:
-            rc_positions = (total - 1 - position_ids).flip(1).clamp(0, self.cfg.max_position_id)
-        return position_ids.clamp(0, self.cfg.max_position_id), rc_positions
+        positions = position_ids.clamp(0, cfg.max_position_id)
+        if self.rc_shared:                       # the RC strand's own left-to-right index
+            reversed_positions = (total - 1 - position_ids).flip(1)
+        elif cfg.bidirectional == "none":
+            return positions, None
+        elif cfg.reversed_positions == "flipped_index":
+            # 0..S-1 along the flipped sequence; this rank's slice of it under CP
+            start = total - offset - S
+            reversed_positions = (torch.arange(S, device=input_ids.device) + start).expand(B, S)
+        else:                                    # every token keeps its own position
+            reversed_positions = position_ids.flip(1)
+        return positions, reversed_positions.clamp(0, cfg.max_position_id)
 
     def _trunk(self, input_ids, position_ids, cp_group, sequence_index):
-        positions, rc_positions = self._positions(input_ids, position_ids, cp_group)
+        positions, reversed_positions = self._positions(input_ids, position_ids, cp_group)
         x = self._embed(input_ids, sequence_index, cp_group)
         for block in self.blocks:
-            if self.rc_shared:
-                x = block(x, positions, cp_group, rc_positions=rc_positions)
-            else:
-                x = block(x, positions, cp_group)
+            x = block(x, positions, cp_group, reversed_positions)
         return self.final_norm(x)
 
     # -- public API ------------------------------------------------------------------------------
@@ -131,17 +139,25 @@ class XLSTMModel(nn.Module):
 
         position_ids (B, S): RoPE positions from the data (clamped at max_position_id); None =
         0..S-1 (offset by rank * S under context parallelism, where input_ids is this rank's
-        contiguous slice). rc_mode=post_hoc averages the predictions on x and RC(x)."""
-        if self.cfg.rc_mode != "post_hoc":
+        contiguous slice). rc_mode=post_hoc averages the predictions on x and RC(x);
+        rc_mode=param_sharing_halves sums them (official RC-PS head) and its hidden is the
+        official [forward half | RC half], (B, S, 2 d)."""
+        if self.cfg.rc_mode not in ("post_hoc", "param_sharing_halves"):
             hidden = self._trunk(input_ids, position_ids, cp_group, sequence_index)
             return hidden if return_hidden else self._project(hidden)
         if cp_group is not None:
             raise ContextParallelError(
-                "rc_mode=post_hoc needs the whole sequence on one rank (it runs RC(x)); "
+                f"rc_mode={self.cfg.rc_mode} needs the whole sequence on one rank (it runs RC(x)); "
                 "use context_parallel_size 1 or rc_mode=param_sharing")
         rc_ids = reverse_complement_ids(input_ids, self.cfg.vocab_size)
-        rc_pos = None if position_ids is None else position_ids.flip(1)
         fwd = self._trunk(input_ids, position_ids, None, sequence_index)
+        if self.cfg.rc_mode == "param_sharing_halves":
+            # the RC half runs the shared trunk on the RC strand in its own order (positions 0..S-1)
+            bwd = self._trunk(rc_ids, None, None, None)
+            if return_hidden:
+                return torch.cat([fwd, bwd.flip(1).flip(-1)], dim=-1)
+            return self._project(fwd) + reverse_complement_logits(self._project(bwd))
+        rc_pos = None if position_ids is None else position_ids.flip(1)
         bwd = self._trunk(rc_ids, rc_pos, None, None)
         if return_hidden:
             return 0.5 * (fwd + bwd.flip(1))

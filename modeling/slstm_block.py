@@ -4,10 +4,15 @@ pre-LayerNorm -> causal depthwise conv + SiLU feeding the input and forget gates
 (heads with block-diagonal recurrent weights, stabilizer m) -> per-head group norm -> residual;
 then pre-LayerNorm -> gated feed-forward (GeLU) -> residual. Pure torch, a loop over time.
 Returns its residual branch (output - input) like the mLSTM block.
+
+Gate projections: `slstm_gate_layout: full` (this project's former form) maps the conv
+activation to (i, f) and the normed input to (z, o) with two dense matrices; `headwise` (the
+official xLSTM sLSTM layer) uses four block-diagonal per-head maps, one per gate. The official
+layer calls the map feeding the input gate `fgate` and the one feeding the forget gate `igate`
+(its forward reads `i, f = fgate(x_conv), igate(x_conv)`); here they are named by the gate they
+feed, `gate_i` and `gate_f`, and the converter's key table swaps the names.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +20,9 @@ from torch import nn
 
 from modeling.config import ModelConfig
 from modeling.errors import ContextParallelError
-from modeling.layers import CausalDepthwiseConv, MultiHeadLayerNorm, small_init_, wang_init_
+from modeling.layers import (
+    CausalDepthwiseConv, HeadwiseLinear, LayerNorm, MultiHeadLayerNorm, small_init_, wang_init_,
+)
 
 
 class SLSTMCell(nn.Module):
@@ -58,17 +65,25 @@ class SLSTMBlock(nn.Module):
         super().__init__()
         d, H = cfg.d_model, cfg.slstm_num_heads
         self.cfg = cfg
-        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+        offset = cfg.norm_weight_offset
+        self.headwise = cfg.slstm_gate_layout == "headwise"
+        self.norm = LayerNorm(d, cfg.norm_eps, offset)
         self.conv = CausalDepthwiseConv(d, cfg.conv_kernel_size)
-        self.gate_if = nn.Linear(d, 2 * d, bias=False)     # from the conv activation
-        self.gate_zo = nn.Linear(d, 2 * d, bias=False)     # from the normed input
+        if self.headwise:                                  # i, f from the conv activation,
+            self.gate_i, self.gate_f, self.gate_z, self.gate_o = (   # z, o from the normed input
+                HeadwiseLinear(d, d // H) for _ in range(4))
+            gates = (self.gate_i, self.gate_f, self.gate_z, self.gate_o)
+        else:
+            self.gate_if = nn.Linear(d, 2 * d, bias=False)     # from the conv activation
+            self.gate_zo = nn.Linear(d, 2 * d, bias=False)     # from the normed input
+            gates = (self.gate_if, self.gate_zo)
         self.cell = SLSTMCell(d, H)
-        self.outnorm = MultiHeadLayerNorm(H, d // H, eps=cfg.norm_eps)
-        ff = 64 * math.ceil(cfg.ffn_proj_factor * d / 64)
-        self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
+        self.outnorm = MultiHeadLayerNorm(H, d // H, cfg.norm_eps, offset)
+        ff = cfg.ffn_dim
+        self.ffn_norm = LayerNorm(d, cfg.norm_eps, offset)
         self.ffn_up = nn.Linear(d, 2 * ff, bias=False)
         self.ffn_down = nn.Linear(ff, d, bias=False)
-        for lin in (self.gate_if, self.gate_zo, self.ffn_up):
+        for lin in gates + (self.ffn_up,):
             small_init_(lin.weight, d)
         small_init_(self.cell.recurrent, d)
         wang_init_(self.ffn_down.weight, d, cfg.num_blocks)
@@ -78,8 +93,11 @@ class SLSTMBlock(nn.Module):
         return self.ffn_down(F.gelu(gate) * up)
 
     def _inputs(self, xn, x_c):
-        i, f = self.gate_if(x_c).chunk(2, dim=-1)
-        z, o = self.gate_zo(xn).chunk(2, dim=-1)
+        if self.headwise:
+            i, f, z, o = self.gate_i(x_c), self.gate_f(x_c), self.gate_z(xn), self.gate_o(xn)
+        else:
+            i, f = self.gate_if(x_c).chunk(2, dim=-1)
+            z, o = self.gate_zo(xn).chunk(2, dim=-1)
         return torch.stack([i, f, z, o], dim=-2)            # (..., 4, d)
 
     def _finish(self, x, h):

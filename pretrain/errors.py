@@ -21,3 +21,8 @@ class CheckpointWriteError(CheckpointError):
 
 class NonFiniteStepsError(PretrainError):
     """Too many consecutive steps with a non-finite loss or gradient (train.max_bad_steps)."""
+
+
+class ConversionError(PretrainError):
+    """An official (paper) checkpoint that cannot be converted exactly, or a model that cannot be
+    written in an official format; nothing was written."""

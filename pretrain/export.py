@@ -16,6 +16,7 @@ leaves nothing behind and an existing export is replaced only with `--force`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -262,27 +263,41 @@ def export_checkpoint(source: CheckpointSource, out_dir: str | Path, dtype: str 
     out_dir = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise ExportError(f"{out_dir} exists and is not empty; choose a new directory or pass --force "
-                          "to replace it")
+    refuse_existing(out_dir, force)
     state = consolidated_state_dict(source.checkpoint_dir)
     num_parameters = check_weights_fit(state, source.model_config, source.checkpoint_dir)
     target = torch.bfloat16 if dtype == "bf16" else torch.float32
     tensors = {name: (t.to(target) if t.is_floating_point() else t).contiguous() for name, t in state.items()}
 
+    with staged_directory(out_dir) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dtype": dtype})
+        write_json(staging / CONFIG_FILE, source.model_config)
+        write_json(staging / TOKENIZER_FILE, source.tokenizer)
+        card = model_card(source, num_parameters, dtype, sha256_of(staging / WEIGHTS_FILE))
+        (staging / CARD_FILE).write_text(card)
+    return out_dir
+
+
+def refuse_existing(out_dir: Path, force: bool) -> None:
+    """An existing non-empty output is replaced only with --force (nothing is lost otherwise)."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise ExportError(f"{out_dir} exists and is not empty; choose a new directory or pass --force "
+                          "to replace it")
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: Path):
+    """Yield a temporary sibling of `out_dir` to write into; on success it replaces `out_dir`
+    (an old one is removed only afterwards), on any failure it is removed and `out_dir` is
+    untouched."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dtype": dtype})
-        _write_json(staging / CONFIG_FILE, source.model_config)
-        _write_json(staging / TOKENIZER_FILE, source.tokenizer)
-        card = model_card(source, num_parameters, dtype, _sha256(staging / WEIGHTS_FILE))
-        (staging / CARD_FILE).write_text(card)
+        yield staging
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
@@ -301,11 +316,11 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -340,7 +355,7 @@ def model_card(source: CheckpointSource, num_parameters: int, dtype: str, weight
         f"| parameters | {num_parameters:,} |",
         f"| d_model x blocks | {source.model_config.get('d_model', '?')} x {source.model_config.get('num_blocks', '?')} |",
         f"| objective | {fact('objective')} |",
-        f"| tokens trained | {_format_count(facts.get('tokens_seen'))} |",
+        f"| tokens trained | {format_count(facts.get('tokens_seen'))} |",
         f"| optimizer steps | {fact('step')} |",
         f"| curriculum reached | {fact('curriculum')} |",
         f"| validation loss | {fact('validation_loss', 'not measured')} |",
@@ -354,7 +369,7 @@ def model_card(source: CheckpointSource, num_parameters: int, dtype: str, weight
     return "\n".join(lines)
 
 
-def _format_count(value) -> str:
+def format_count(value) -> str:
     if value is None:
         return "unknown"
     value = int(value)

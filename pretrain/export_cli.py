@@ -1,4 +1,5 @@
-"""`bioxlstm export | score | embed | generate | infill`: export a checkpoint, use an export.
+"""`bioxlstm export | convert | score | embed | generate | infill`: export a checkpoint (also
+to the papers' official layouts), convert the papers' released checkpoints, use an export.
 
 Only the standard library is imported at module top (docs/INTERFACES.md); torch, safetensors
 and the model load inside the handlers. The inference subcommands read FASTA (DNA, protein) or
@@ -6,8 +7,10 @@ SMILES files (one molecule per line, first column) and write FASTA, CSV or NPY.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
+import textwrap
 from pathlib import Path
 
 SAMPLING_HELP = {
@@ -18,8 +21,22 @@ SAMPLING_HELP = {
 }
 
 
+OFFICIAL_FORMATS = ("protxlstm", "dnaxlstm", "chemxlstm")
+FORMATS_HELP = """official formats (the Bio-xLSTM papers' code, ml-jku):
+  protxlstm  Prot-xLSTM: a directory with config.json (asdict of xLSTMLMModelConfig) and
+             pytorch_model.bin (or model.safetensors); tensors prefixed backbone.
+  dnaxlstm   DNA-xLSTM: a PyTorch Lightning .ckpt, weights in state_dict prefixed
+             model.backbone., model config in hyper_parameters.model.config (written with a
+             model_config.json beside it, the file the official downstream scripts read)
+  chemxlstm  Chem-xLSTM: a directory with model.pt (state dict prefixed model.) and
+             init_arguments.json (sizes and the data-built vocabulary token2label)
+Official files are pickles and are loaded with torch.load(weights_only=True) only. Official
+config values this project does not implement exactly are refused by name."""
+
+
 def register(subparsers) -> None:
     _register_export(subparsers)
+    _register_convert(subparsers)
     _register_score(subparsers)
     _register_embed(subparsers)
     _register_generate(subparsers)
@@ -30,31 +47,100 @@ def register(subparsers) -> None:
 
 def _register_export(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a training checkpoint to model.safetensors + config + tokenizer + card",
-        description="Consolidate a DeepSpeed training checkpoint (any ZeRO stage, world size and "
-                    "context-parallel size; no GPU needed) into a directory that loads with "
-                    "torch + safetensors + modeling only.")
+        "export", help="export a training checkpoint to model.safetensors + config + tokenizer + card, "
+                       "or to a paper's official layout (--format)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Consolidate a DeepSpeed training checkpoint (any ZeRO stage, world size and "
+            "context-parallel size; no GPU needed) into a directory that loads with "
+            "torch + safetensors + modeling only. With --format protxlstm|dnaxlstm|chemxlstm "
+            "write the official layout instead, so the paper's own evaluation code loads the "
+            "model; the source may then also be an export directory. A model the official "
+            "code cannot express exactly is refused, naming the field.", 92) + "\n\n" + FORMATS_HELP,
+        epilog="examples:\n"
+               "  bioxlstm export runs/p26 exports/prot-26m\n"
+               "  bioxlstm export runs/p26 official/prot-26m --format protxlstm\n"
+               "  bioxlstm export exports/dna-2m official/dna-2m --format dnaxlstm   "
+               "# -> official/dna-2m/checkpoints/last.ckpt")
     parser.add_argument("checkpoint", metavar="CKPT_DIR",
-                        help="a run directory (its `latest` checkpoint is used) or one checkpoint "
-                             "directory RUN/checkpoints/<tag>")
+                        help="a run directory (its `latest` checkpoint is used), one checkpoint "
+                             "directory RUN/checkpoints/<tag>, or (with --format) an export directory")
     parser.add_argument("out", metavar="OUT_DIR", help="directory to create for the export")
+    parser.add_argument("--format", choices=("bioxlstm",) + OFFICIAL_FORMATS, default="bioxlstm",
+                        help="bioxlstm (default): this project's export; or an official layout (see above)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="dtype of the saved weights (default fp32; bf16 halves the size)")
+                        help="dtype of the saved weights (default fp32; bf16 halves the size); "
+                             "--format keeps the weights' own dtype")
+    parser.add_argument("--context-length", type=int, default=None, metavar="N",
+                        help="with --format: the context length recorded in the official config "
+                             "(default 2048 protein / molecules, 1024 DNA; it does not change the model)")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
                         help="tokenizer.json to ship when the run's data build (data.shards, which "
                              "holds the tokenizer) is not at hand")
-    parser.add_argument("--force", action="store_true",
-                        help="replace OUT_DIR if it exists and is not empty (the old one is removed "
-                             "only after the new export is complete)")
+    _add_force(parser)
     parser.set_defaults(handler=_run_export)
 
 
+def _add_force(parser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT_DIR if it exists and is not empty (the old one is removed "
+                             "only after the new one is complete)")
+
+
 def _run_export(args) -> int:
+    if args.format != "bioxlstm":
+        from pretrain.official.convert import export_official
+
+        out = export_official(args.checkpoint, args.out, args.format, force=args.force,
+                              tokenizer_path=args.tokenizer, context_length=args.context_length)
+        print(f"exported {args.checkpoint} -> {out} ({args.format} format)")
+        return 0
     from pretrain.export import export_checkpoint, read_training_checkpoint
 
     source = read_training_checkpoint(args.checkpoint, tokenizer_path=args.tokenizer)
     out = export_checkpoint(source, args.out, dtype=args.dtype, force=args.force)
     print(f"exported {source.checkpoint_dir} -> {out}")
+    return 0
+
+
+# ---- convert ------------------------------------------------------------------------------------
+
+def _register_convert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a checkpoint released with a Bio-xLSTM paper into an export directory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Read an official checkpoint (Prot-xLSTM, DNA-xLSTM or Chem-xLSTM) and write this "
+            "project's export directory (model.safetensors, config.json, tokenizer.json and a "
+            "model card naming the source), which `score`, `embed`, `generate` and "
+            "modeling.inference.load use. Tensors are copied as stored, bit for bit (norm "
+            "weights stay offsets: norm_weight_offset); `bioxlstm export OUT_DIR DIR --format "
+            "FORMAT` writes them back.", 92) + "\n\n" + FORMATS_HELP,
+        epilog="examples:\n"
+               "  bioxlstm convert protxlstm checkpoints/protxlstm_26m exports/prot-26m\n"
+               "  bioxlstm convert dnaxlstm outputs/pretrain/hg38/run/checkpoints/last.ckpt exports/dna\n"
+               "  bioxlstm convert chemxlstm chem_xlstm_15m/ exports/chem-15m --num-heads 8")
+    parser.add_argument("format", choices=OFFICIAL_FORMATS, metavar="FORMAT",
+                        help="protxlstm | dnaxlstm | chemxlstm")
+    parser.add_argument("src", metavar="SRC", help="the official checkpoint: a directory (protxlstm, "
+                                                   "chemxlstm) or a .ckpt file (dnaxlstm)")
+    parser.add_argument("out", metavar="OUT_DIR", help="export directory to create")
+    parser.add_argument("--num-heads", type=int, default=None, metavar="N",
+                        help="chemxlstm only, required: the model's head count (init_arguments.json "
+                             "stores 1 whatever it was; 1 for Chem-xLSTM 1.6M, 8 for 15M)")
+    parser.add_argument("--model-config", default=None, metavar="JSON",
+                        help="dnaxlstm only: model_config.json to use when the .ckpt holds no "
+                             "hyper_parameters.model.config")
+    _add_force(parser)
+    parser.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from pretrain.official.convert import convert_official
+
+    out = convert_official(args.format, args.src, args.out, force=args.force, num_heads=args.num_heads,
+                           model_config_path=args.model_config)
+    print(f"converted {args.format} {args.src} -> {out}")
     return 0
 
 

@@ -19,10 +19,23 @@ def differing_keys(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if saved.get(k, "<missing>") != current.get(k, "<missing>")]
 
 
+def normalized_model_config(model_config: dict, where) -> dict:
+    """A saved model config with the keys added since it was written set to their defaults,
+    which by design (modeling.config) mean what the older version did."""
+    from modeling import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(dict(model_config)).to_dict()
+    except Exception as err:
+        raise CheckpointError(f"{where}: its model config is not valid for this version of modeling "
+                              f"({err}); resume it with the version that wrote it") from None
+
+
 def check_compatible(saved_state: dict, state, where) -> None:
-    differ = differing_keys(saved_state["model_config"], state.model_config)
+    saved = normalized_model_config(saved_state["model_config"], where)
+    differ = differing_keys(saved, state.model_config)
     if differ:
-        shown = ", ".join(f"model.{k} (checkpoint {saved_state['model_config'].get(k, '<missing>')!r}, "
+        shown = ", ".join(f"model.{k} (checkpoint {saved.get(k, '<missing>')!r}, "
                           f"config {state.model_config.get(k, '<missing>')!r})" for k in differ[:6])
         raise CheckpointError(f"{where}: the checkpoint was trained with another model config: {shown}. "
                               "Use the model config of that run, or a new train.out_dir to start fresh")

@@ -220,10 +220,11 @@ def check_vocabulary(cfg) -> None:
     from data_pipeline.tokenizers import load_tokenizer
     from pretrain.errors import ConfigError
 
-    vocab = load_tokenizer(read_manifest(Path(cfg.data.shards))["tokenizer"]).vocab_size
+    vocab = load_tokenizer(read_manifest(Path(cfg.data.shards))["tokenizer"]).num_used_ids
     if cfg.model.vocab_size < vocab:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of the "
-                          f"tokenizer in {cfg.data.shards}/manifest.json ({vocab}); set model.vocab_size={vocab}")
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the ids the "
+                          f"tokenizer in {cfg.data.shards}/manifest.json produces ({vocab}); set "
+                          f"model.vocab_size={vocab}")
 
 
 def _step_totals(loss_sum, skipped: bool, loader, parallel) -> dict:

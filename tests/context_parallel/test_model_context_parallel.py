@@ -7,8 +7,10 @@ result, then its contiguous slice with `cp_group`. Compared: this rank's slice o
 the loss (sum over ranks of local token-loss sums / global token count) and every parameter's
 gradient (the local gradients summed over the CP group, as DeepSpeed's reduction does).
 Variants: causal LM, weight-tied bidirectional MLM, alternating-direction MLM, reverse-
-complement parameter sharing, data-given position ids, and the sequence-index embedding
-(its running count of separator tokens crosses rank boundaries).
+complement parameter sharing, data-given position ids, the sequence-index embedding (its
+running count of separator tokens crosses rank boundaries), and the papers' official forms
+(gates after RoPE; whole-block and even-reversed bidirectional stacks whose reversed pass runs at
+the global reversed index).
 
 Two precisions, two tolerances:
 - float64 (the block's fp32 cast of the gate pre-activations is kept at float64 for this run, see
@@ -46,6 +48,16 @@ VARIANTS = {
     "data_positions": dict(vocab_size=13, position_encoding="rope_inner", head="lm"),
     "sequence_index": dict(vocab_size=13, position_encoding="rope_inner", head="lm",   # counts cls=9
                            num_sequence_index=8, cls_token_id=9),                      # across ranks
+    # the official forms: Prot-xLSTM gates after RoPE; DNA-xLSTM whole-block weight-tied and
+    # even-reversed alternating stacks whose reversed passes take the global reversed index
+    "official_prot": dict(vocab_size=13, position_encoding="rope_inner", head="lm", gates_after_rope=True,
+                          norm_weight_offset=True, proj_multiple_of=8, proj_rounding="up", proj_factor=1.5),
+    "official_weight_tied": dict(vocab_size=12, position_encoding="rope_head", head="mlm", mlstm_bias=True,
+                                 bidirectional="weight_tied", bidirectional_residual="whole_block",
+                                 reversed_positions="flipped_index", norm_weight_offset=True),
+    "official_alternating": dict(vocab_size=12, position_encoding="rope_head", head="mlm", num_blocks=3,
+                                 bidirectional="alternating", reversed_blocks="even",
+                                 reversed_positions="flipped_index"),
 }
 
 

@@ -17,7 +17,7 @@ from data_pipeline.loader import build_loader
 def one_epoch_per_rank(rank: int, world: int, port: int, shards: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    cfg = DataConfig(modality="protein", shards=shards, num_workers=2, seed=5)
+    cfg = DataConfig(modality="protein", shards=shards, num_workers=2, seed=5, packing=False)
     result = {}
     for split in ("train", "validation"):
         loader = build_loader(cfg, split, 128, 2, dp_rank=dist.get_rank(), dp_size=world, seed=1)

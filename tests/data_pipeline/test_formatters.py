@@ -112,7 +112,7 @@ def test_mlm_masks_15_percent_80_10_10():
     tok = DNATokenizer()
     rng = random.Random(3)
     window = [rng.choice(tok.base_ids) for _ in range(200_000)]
-    inputs, labels, _ = formatters.dna_mlm(window, len(window), tok.pad_id, tok.mask_id,
+    inputs, labels, _ = formatters.dna_mlm(window, len(window), tok.mask_id,
                                            tok.base_ids, 0.15, random.Random(4), None)
     selected = [i for i, label in enumerate(labels) if label != formatters.IGNORE]
     assert all(labels[i] == window[i] for i in selected)
@@ -127,7 +127,7 @@ def test_mlm_masks_15_percent_80_10_10():
 
 def test_molecule_domain_concatenation_shuffled_each_epoch(demo_builds):
     build = demo_builds["molecules"]
-    cfg = DataConfig(modality="molecules", shards=str(build), num_workers=1)
+    cfg = DataConfig(modality="molecules", shards=str(build), num_workers=1, packing=False)
     loader = build_loader(cfg, "train", 256, 1)
     tok = loader.tokenizer
     shard = read_manifest(build)["splits"]["train"]["shards"][0]
@@ -156,9 +156,13 @@ def test_molecule_domain_concatenation_shuffled_each_epoch(demo_builds):
     assert changed > 0.8 * len(rows_by_key)  # order reshuffled in the second epoch
 
 
-def test_pack_causal_labels_are_next_tokens_and_padding_has_no_loss():
+def test_causal_document_labels_are_next_tokens_and_padding_has_no_loss():
     tokens = list(range(10, 20))
-    inputs, labels, positions = formatters.pack_causal(tokens, list(range(10)), 16, 0)
+    document = formatters.causal_document(tokens, list(range(10)), 16)
+    assert document == (tokens, tokens[1:] + [-100], list(range(10)))   # nothing after the last token
+    inputs, labels, positions = formatters.pad_document(document, 16, 0)
     assert inputs == tokens + [0] * 6
     assert labels == tokens[1:] + [-100] * 7
     assert positions == list(range(10)) + [0] * 6
+    # longer than the context: cut to S inputs, every label a real next token
+    assert formatters.causal_document(tokens, list(range(10)), 4) == (tokens[:4], tokens[1:5], [0, 1, 2, 3])

@@ -59,7 +59,7 @@ def test_two_ranks_two_workers_see_every_sample_once_per_epoch(demo_builds, tmp_
                                                 ("molecules", "clm")])
 def test_resume_in_fresh_process_reproduces_rest_of_stream(modality, objective, demo_builds, tmp_path):
     cfg = DataConfig(modality=modality, shards=str(demo_builds[modality]), objective=objective,
-                     num_workers=3, seed=11)
+                     num_workers=3, seed=11, packing=False)     # packed resume: test_packing.py
     args = dict(split="train", context_len=64, micro_batch_size=3, dp_rank=1, dp_size=2, seed=2)
     loader = build_loader(cfg, **args)
     stop = len(loader) - 2  # stop two batches before the epoch ends: the resumed run crosses it
@@ -121,7 +121,7 @@ def test_unigram_baseline_is_a_cross_entropy(demo_builds):
 
 
 def test_each_epoch_reshuffles_the_same_items(demo_builds):
-    cfg = DataConfig(modality="protein", shards=str(demo_builds["protein"]), num_workers=2)
+    cfg = DataConfig(modality="protein", shards=str(demo_builds["protein"]), num_workers=2, packing=False)
     loader = build_loader(cfg, "train", 64, 4, dp_rank=0, dp_size=2)
     epoch0, epoch1 = loader.epoch_order(0), loader.epoch_order(1)
     # 1800 clusters, 2 ranks x 2 workers x 4 rows = 16 per round: 1792 used, a different 8 left out

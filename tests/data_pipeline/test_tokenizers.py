@@ -99,3 +99,29 @@ def test_tokenizers_import_only_stdlib():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dna_tokenizer_produces_only_the_12_official_ids():
+    tok = DNATokenizer()
+    assert tok.vocab_size == 16 and tok.num_used_ids == 12          # [UNUSED12..15] only pad
+    assert max(tok.encode("ACGTNacgtnRYKM")) == 11
+
+
+def test_smiles_official_vocabulary_keeps_its_order_and_segmentation(tmp_path):
+    from data_pipeline.errors import ConfigError
+    from data_pipeline.tokenizers import SmilesTokenizer, load_tokenizer
+
+    vocab = ["[PAD]", "[BEG]", "C", "[", "@", "H", "]", "N", "[END]", "O", "(", ")", "="]
+    tok = SmilesTokenizer.from_vocab(vocab, segmentation="chem_xlstm")
+    # square brackets are tokens of their own in the official Chem-xLSTM segmentation
+    assert tok.encode("N[C@@H](C)C(=O)O") == [7, 3, 2, 4, 4, 5, 6, 10, 2, 11, 2, 10, 12, 9, 11, 9]
+    tok.save(tmp_path / "t.json")
+    again = load_tokenizer(tmp_path / "t.json")
+    assert again.vocab == vocab and again.segmentation == "chem_xlstm" and again.special_tokens == ["[PAD]", "[BEG]", "[END]"]
+    with pytest.raises(UnknownSymbolError, match="'\\\\\\\\'"):
+        tok.encode("C\\C")                       # the official code silently drops a lone backslash
+    with pytest.raises(ConfigError, match="no \\[UNK\\] token"):
+        tok.encode("CS", unknown="replace")
+    with pytest.raises(ConfigError, match="\\[PAD\\] at id 0"):
+        SmilesTokenizer.from_vocab(["[BEG]", "[PAD]", "[END]"])
+    assert "segmentation" not in SmilesTokenizer.from_corpus(["CCO"]).to_dict()   # former files unchanged

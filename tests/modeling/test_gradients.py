@@ -45,9 +45,16 @@ def test_fp32_matches_float64(block_cls, fields):
         assert rel_err(gp32[name].double(), gp64[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("block_cls", [MLSTMBlock, SLSTMBlock])
-def test_block_gradcheck_float64(block_cls):
-    block = block_cls(tiny(d_model=8, num_heads=2, kernel_backend="reference")).double()
+@pytest.mark.parametrize("block_cls,fields", [
+    (MLSTMBlock, dict()),
+    (SLSTMBlock, dict()),
+    # the official options: gates after RoPE, biases, offset norms, headwise sLSTM gates
+    (MLSTMBlock, dict(position_encoding="rope_inner", gates_after_rope=True, mlstm_bias=True,
+                      norm_weight_offset=True)),
+    (SLSTMBlock, dict(slstm_gate_layout="headwise", norm_weight_offset=True)),
+])
+def test_block_gradcheck_float64(block_cls, fields):
+    block = block_cls(tiny(d_model=8, num_heads=2, kernel_backend="reference", **fields)).double()
     randomize_(block)
     x = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
     pos = torch.arange(5).expand(1, 5)

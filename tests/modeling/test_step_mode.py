@@ -12,6 +12,11 @@ VARIANTS = {
     "slstm_only": dict(slstm_positions=[0, 1]),
     "mixed_stack": dict(num_blocks=3, slstm_positions=[1]),
     "tied_seq_index": dict(tie_embeddings=True, num_sequence_index=4, cls_token_id=0),
+    # the official forms: Prot-xLSTM gates after RoPE; DNA-xLSTM biases, headwise sLSTM gates
+    "official_prot": dict(position_encoding="rope_inner", gates_after_rope=True, norm_weight_offset=True,
+                          proj_multiple_of=8, proj_rounding="up", proj_factor=1.3),
+    "official_dna_mixed": dict(num_blocks=3, slstm_positions=[1], mlstm_bias=True, norm_weight_offset=True,
+                               slstm_gate_layout="headwise", ffn_multiple_of=8, ffn_rounding="down"),
 }
 
 

@@ -137,3 +137,23 @@ def test_prot_xlstm_102m_walks_2_11_to_2_18_at_constant_tokens_per_step():
         assert 0 <= plan.stages[k].start_tokens - expected < k * plan.tokens_per_step
     assert cfg.train.lr == 6e-4 and cfg.train.betas == [0.9, 0.95] and cfg.train.schedule == "constant"
     assert cfg.train.activation_checkpointing
+
+
+def test_checkpoint_model_config_from_before_newer_keys_still_resumes():
+    """A train state written before a ModelConfig key existed lacks it; the key's default keeps the
+    former meaning, so the resume check compares the normalized configs and passes. A real
+    difference is still refused, naming the key."""
+    from types import SimpleNamespace
+
+    from modeling import ModelConfig
+    from pretrain.errors import CheckpointError
+    from pretrain.resume import check_compatible
+
+    current = ModelConfig(d_model=32, num_heads=2).to_dict()
+    old = {k: v for k, v in current.items() if k not in ("gates_after_rope", "norm_weight_offset",
+                                                          "bidirectional_residual", "proj_rounding")}
+    state = SimpleNamespace(model_config=current, world_size=1)
+    check_compatible({"model_config": old, "world_size": 1}, state, "ckpt")
+    with pytest.raises(CheckpointError, match="model.gates_after_rope"):
+        check_compatible({"model_config": old, "world_size": 1},
+                         SimpleNamespace(model_config={**current, "gates_after_rope": True}, world_size=1), "ckpt")
