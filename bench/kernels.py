@@ -49,7 +49,9 @@ def parse_args(argv=None):
                         help="comma-separated HEADSxHEAD_DIM pairs (default 8x128,4x256)")
     parser.add_argument("--min-log2", type=int, default=11, help="shortest context 2^N (default 11)")
     parser.add_argument("--max-log2", type=int, default=17, help="longest context 2^N (default 17)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="our kernel's chunk size (default 64)")
+    parser.add_argument("--chunk-size", type=chunk_size_arg, default="auto",
+                        help="our kernel's chunk size: an int or 'auto', the rule of kernels/mlstm/chunking.py "
+                             "(default auto: 1024 at head dim 512, 512 at 256, 256 at 128)")
     parser.add_argument("--segments", default="2,4,8,16",
                         help="segment counts P for the ours-segP variants (default 2,4,8,16)")
     parser.add_argument("--providers", default=",".join(ALL_PROVIDERS),
@@ -61,6 +63,22 @@ def parse_args(argv=None):
                         help="before timing, compare ours with the pure torch backend on a small "
                              "bf16 input (values and gradients) and print the relative errors")
     return parser.parse_args(argv)
+
+
+def chunk_size_arg(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an int, got {text!r}") from None
+
+
+def chunk_for(chunk_size, Dqk, Dv, S):
+    """The int chunk our kernels run for `chunk_size` ("auto" or an int) at this shape."""
+    from kernels.mlstm.chunking import resolve_chunk_size
+
+    return resolve_chunk_size(chunk_size, Dqk, Dv, S)
 
 
 def mlstm_flops(tokens, H, Dqk, Dv, L, passes):
@@ -91,7 +109,7 @@ def make_providers(names, chunk_size, segments):
         from kernels.mlstm.autograd import mlstm_chunkwise_triton
     if "ours" in names:
         providers["ours"] = ("mlstm", lambda q, k, v, i, f: mlstm_chunkwise_triton(
-            q, k, v, i, f, chunk_size=chunk_size))
+            q, k, v, i, f, chunk_size=chunk_for(chunk_size, q.shape[-1], v.shape[-1], q.shape[2])))
     if "ours-seg" in names:
         try:
             from kernels import mlstm_chunkwise
@@ -153,6 +171,7 @@ def check_against_torch(chunk_size):
 
     torch.manual_seed(0)
     inputs, dh = make_inputs(1, 4, 2048, 128, "cuda")
+    chunk_size = chunk_for(chunk_size, 128, 128, 2048)
     results = {}
     for name, fn in (("ours", mlstm_chunkwise_triton), ("torch", mlstm_chunkwise_torch)):
         leaves = [x.detach().clone().requires_grad_() for x in inputs]
@@ -197,7 +216,7 @@ def run_benchmark(args):
                 inputs = dh = None
                 torch.cuda.empty_cache()
             if kind == "mlstm":
-                chunk = args.chunk_size if name.startswith("ours") else 128
+                chunk = chunk_for(args.chunk_size, D, D, S) if name.startswith("ours") else 128
                 flops = mlstm_flops(tokens, H, D, D, chunk, passes)
                 nbytes = min_bytes(tokens, H, D, D, passes)
             else:

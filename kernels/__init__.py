@@ -2,7 +2,7 @@
 
 Public API (docs/INTERFACES.md):
     h = mlstm_chunkwise(q, k, v, i, f, initial_state=None, return_final_state=False,
-                        chunk_size=64, backend="auto", segments="auto", resets=None)
+                        chunk_size="auto", backend="auto", segments="auto", resets=None)
     h_t, state = mlstm_step(q_t, k_t, v_t, i_t, f_t, state)
     list_mlstm_backends()
 """
@@ -10,6 +10,7 @@ Public API (docs/INTERFACES.md):
 import torch
 
 from kernels.errors import BackendUnavailableError, KernelError, KernelInputError, UnknownBackendError
+from kernels.mlstm.chunking import choose_chunk_size, resolve_chunk_size
 from kernels.mlstm.backends import (
     get_mlstm_backend,
     list_mlstm_backends,
@@ -30,7 +31,7 @@ from kernels.mlstm.validation import check_sequence_inputs, check_step_inputs
 
 __all__ = [
     "mlstm_chunkwise", "mlstm_step", "list_mlstm_backends", "register_mlstm_backend",
-    "get_mlstm_backend", "choose_num_segments", "segment_summary", "combine_summaries",
+    "get_mlstm_backend", "choose_chunk_size", "choose_num_segments", "segment_summary", "combine_summaries",
     "scan_summaries", "apply_summary", "mlstm_segmented", "SegmentSummary",
     "KernelError", "KernelInputError", "UnknownBackendError", "BackendUnavailableError",
 ]
@@ -67,7 +68,7 @@ def _num_segments(segments, B, H, S, chunk_size, device) -> int:
 
 
 def mlstm_chunkwise(
-    q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size=64,
+    q, k, v, i, f, initial_state=None, return_final_state=False, chunk_size="auto",
     backend="auto", segments="auto", resets=None,
 ):
     """mLSTM over whole sequences (DESIGN.md section 3).
@@ -75,13 +76,16 @@ def mlstm_chunkwise(
     q, k (B, H, S, Dqk); v (B, H, S, Dv); i, f (B, H, S) gate pre-activations (they may be
     kept in fp32 while q, k, v are bf16). Returns h (B, H, S, Dv) in v's dtype, and with
     `return_final_state` also the fp32 state (C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H)).
-    Any S works (partial chunks are padded exactly). `segments` splits each sequence into P
-    segments with exact state passing ("auto": only on CUDA when B*H is too small to fill it).
+    Any S works (partial chunks are padded exactly). `chunk_size` "auto" takes the rule of
+    kernels/mlstm/chunking.py (from the head dims; 1024 at head dim 512). `segments` splits each
+    sequence into P segments with exact state passing ("auto": only on CUDA when B*H is too
+    small to fill it).
     `resets` (B, S) bool: True where the state entering a position is replaced by the fresh
     state (packed documents, kernels/mlstm/resets.py); no gradient crosses a reset.
     """
     check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size, resets)
     B, H, S, _ = q.shape
+    chunk_size = resolve_chunk_size(chunk_size, q.shape[-1], v.shape[-1], S)
     name = resolve_mlstm_backend(backend, q.device)
     fn = get_mlstm_backend(name)
     P = _num_segments(segments, B, H, S, chunk_size, q.device)

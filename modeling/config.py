@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernels.mlstm.chunking import is_valid_chunk_size
 from modeling.errors import ModelConfigError
 
 BIDIRECTIONAL_MODES = ("none", "weight_tied", "alternating")
@@ -90,7 +91,7 @@ class ModelConfig:
     cls_token_id: int = 0
     tie_embeddings: bool = False
     head: str = "lm"
-    chunk_size: int = 64
+    chunk_size: int | str = "auto"        # "auto": the kernels' rule from the head dim
     kernel_backend: str = "auto"
     norm_eps: float = 1e-5
 
@@ -178,9 +179,10 @@ class ModelConfig:
             if not ok:
                 raise ModelConfigError(f"model config: {msg}")
 
+        need(is_valid_chunk_size(self.chunk_size),
+             f"chunk_size must be 'auto' or a positive int, got {self.chunk_size!r}")
         for name in ("vocab_size", "d_model", "num_blocks", "num_heads", "conv_kernel_size",
-                     "qk_block_size", "chunk_size", "slstm_num_heads", "proj_multiple_of",
-                     "ffn_multiple_of"):
+                     "qk_block_size", "slstm_num_heads", "proj_multiple_of", "ffn_multiple_of"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a positive int, got {value!r}")
@@ -260,6 +262,8 @@ def _rounded(value: float, multiple: int, rounding: str) -> int:
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Accept a YAML/JSON value for field `name` if it has the default's type (int for float ok)."""
+    if name == "chunk_size":                  # "auto" or an int; validate() checks the value
+        return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):

@@ -2,19 +2,20 @@
 
 Counts matmuls and the mLSTM chunkwise cell: per head and token 2*L*Dh (intra-chunk scores
 and their values over the causal half of the chunk, on average L/2 keys per query, L =
-min(chunk_size, context_len); the masked half a kernel may compute is not useful work, as in
-bench/kernels.py and the attention baselines) + 4*Dh^2 (state read and state update); the
+min(chunk size, context_len), chunk_size "auto" resolved by the kernels' rule; the masked half
+a kernel may compute is not useful work, as in bench/kernels.py and the attention baselines) + 4*Dh^2 (state read and state update); the
 cell's cost does not grow with the context beyond one chunk. Element-wise work is ignored.
 """
 from __future__ import annotations
 
+from kernels.mlstm.chunking import resolve_chunk_size
 from modeling.config import ModelConfig
 
 
 def _mlstm_block_forward(cfg: ModelConfig, context_len: int) -> float:
     d, inner, H = cfg.d_model, cfg.inner_dim, cfg.num_heads
     dh = inner // H
-    L = min(cfg.chunk_size, context_len)
+    L = min(resolve_chunk_size(cfg.chunk_size, dh, dh, context_len), context_len)
     matmul = 2 * d * 2 * inner + 2 * inner * d                   # up, down
     matmul += 3 * 2 * inner * cfg.qk_block_size                  # headwise q, k, v
     matmul += 2 * 2 * 3 * inner * H                              # input and forget gates

@@ -99,4 +99,4 @@ def _triton_backend(q, k, v, i, f, initial_state=None, return_final_state=False,
 
 register_mlstm_backend("reference", _reference_backend)
 register_mlstm_backend("torch", _torch_backend)
-register_mlstm_backend("triton", _triton_backend, any_length=False)
+register_mlstm_backend("triton", _triton_backend)   # pads to whole tiles itself

@@ -1,22 +1,31 @@
 """Triton backward of the chunkwise mLSTM: the exact gradient with the stabilizer m detached.
 
 Per row t of chunk c (entering state C_c, n_c, m_c; conventions of chunkwise_fw.py):
-    D[t, s] = exp(b_t - b_s + i_s - m_t) (s <= t),  w_t = exp(b_t + m_c - m_t)
+    D[t, s] = exp(log weight of s for t - m_t) (s <= t, same document),
+    w_t = exp(b_t + m_c - m_t) (0 for rows after a reset in the chunk)
     num_t = sum_s (q_t . k_s) D[t, s] v_s + w_t C_c^T q_t,   den_t = same with v_s -> 1, C_c -> n_c
-    h_t = num_t / (max(|den_t|, exp(-m_t)) + eps)
+    h_t = num_t / N_t,  N_t = max(|den_t|, exp(-m_t)) + eps
 The normalizer path is kept: dnum_t = dh_t / N_t and dden_t = -(dh_t . h_t) / N_t * sign(den_t)
 where |den_t| wins the max (exp(-m_t) is a constant). Then, with dA[t, s] = dnum_t . v_s + dden_t:
     dq_t = sum_s dA D k_s + w_t (C_c dnum_t + n_c dden_t)
-    dk_s = sum_t dA D q_t + e_s (dC_{c+1} v_s + dn_{c+1})          e_s = exp(g - b_s + i_s - m_{c+1})
+    dk_s = sum_t dA D q_t + e_s (dC_{c+1} v_s + dn_{c+1})     e_s = exp(g - b_s + i_s - m_{c+1})
     dv_s = sum_t (q_t . k_s) D dnum_t + e_s dC_{c+1}^T k_s
-and the state gradients run backwards: dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t w_t q_t dnum_t^T.
+(e_s = 0 for sources that do not reach the chunk end), and the state gradients run backwards:
+dC_c = exp(g + m_c - m_{c+1}) dC_{c+1} + sum_t w_t q_t dnum_t^T (decay 0 across a reset).
 
-The gate gradients need no kernel of their own. Every log weight in the unrolled recurrence is
-B_t - B_s + i_s (B = cumulative log forget over the whole sequence; the initial state counts as
-a source with i = m_0, the final state as a row at t = S). The row term B_t collects q_t . dq_t,
-the source term -B_s + i_s collects k_s . dk_s, so
-    di_s = k_s . dk_s,   dlog f_r = sum_{t >= r} (q_t . dq_t - k_t . dk_t) + <C_S, dC_S> + <n_S, dn_S>
-and df~ = sigmoid(-f~) dlog f (see `gate_grads`).
+Kernels, in launch order: `_chunk_dq_kernel` (also forms N_t and dden_t), `_chunk_state_grads_kernel`
+(the backward recurrence; states and their gradients only at chunk boundaries: dC[:, :, c] is the
+gradient w.r.t. the state leaving chunk c), `_chunk_dkv_kernel`, `_gate_grads_kernel`.
+
+Gate gradients. Every log weight is a sum of log f over the positions between source and row
+plus the source's i (the entering state counts as a source with i = m, the state leaving a chunk
+as a row). Adding x to log f_r shifts every weight that spans r, so
+    di_s = k_s . dk_s,   dlog f_r = sum_{t >= r, t in r's chunk and document} (q_t . dq_t - k_t . dk_t)
+                                    + [r's document reaches the chunk end] (<C_{c+1}, dC_{c+1}> + <n_{c+1}, dn_{c+1}>)
+where the bracket is the sum over all later positions (the state leaving the chunk carries their
+dependence on log f_r); dlog f = 0 exactly at a reset (it only decays the fresh, empty state);
+df~ = sigmoid(-f~) dlog f. Sums stay inside a chunk: no sequence-long suffix sum whose large terms
+cancel in fp32.
 """
 
 import math
@@ -25,251 +34,430 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunkwise_fw import dot_precision, head_dim_tile, kernel_buffer
+from kernels.mlstm.chunkwise_fw import chunk_geometry, document_before, masked_log_weights, source_tile_log_weights
+from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
+
+
+@triton.jit
+def _chunk_dq_kernel(
+    q_ptr, k_ptr, v_ptr, i_ptr, beta_ptr, doc_ptr, h_ptr, dh_ptr, mrow_ptr, den_ptr,
+    C_ptr, n_ptr, m_ptr,
+    dq_ptr, qdq_ptr, norm_ptr, dden_ptr,
+    scale, eps,
+    S, H, DQK, DV, NT, NC,
+    T: tl.constexpr, TPC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr,
+):
+    """One program per (batch*head, sequence tile, Dqk tile): dq of the tile's rows and this Dqk
+    tile's share of q . dq; the Dqk-tile-0 program also stores N_t and dden_t for the kernels after."""
+    bh = tl.program_id(0)
+    tile = tl.program_id(1)
+    tile_k = tl.program_id(2)
+    chunk = tile // TPC
+    first = chunk * TPC
+    rows = tl.arange(0, T)
+    t = tile * T + rows
+    dk = tile_k * BK + tl.arange(0, BK)
+    mask_k = dk < DQK
+    seq = bh.to(tl.int64) * S
+    doc_off = (bh // H).to(tl.int64) * S
+    dot_ty = q_ptr.dtype.element_ty
+
+    # cotangent of the normalizer: dden_t = -(dh_t . h_t) / N_t sign(den_t) where |den_t| wins
+    m_row = tl.load(mrow_ptr + seq + t)
+    den = tl.load(den_ptr + seq + t)
+    dh_h = tl.zeros((T,), dtype=tl.float32)
+    for start_v in range(0, DV, BV):
+        dv = start_v + tl.arange(0, BV)
+        off = (seq + t[:, None]) * DV + dv[None, :]
+        dh = tl.load(dh_ptr + off, mask=(dv < DV)[None, :], other=0.0).to(tl.float32)
+        dh_h += tl.sum(dh * tl.load(h_ptr + off, mask=(dv < DV)[None, :], other=0.0).to(tl.float32), axis=1)
+    floor = tl.exp(-m_row)
+    normalizer = tl.maximum(tl.abs(den), floor) + eps
+    sign = tl.where(den > 0, 1.0, tl.where(den < 0, -1.0, 0.0))
+    dden = tl.where(tl.abs(den) > floor, -dh_h / normalizer * sign, 0.0)
+    if tile_k == 0:
+        tl.store(norm_ptr + seq + t, normalizer)
+        tl.store(dden_ptr + seq + t, dden)
+
+    beta_t = tl.load(beta_ptr + seq + t)
+    doc_t = t
+    if HAS_RESETS:
+        doc_t = tl.load(doc_ptr + doc_off + t)
+    acc = tl.zeros((T, BK), dtype=tl.float32)
+    R = tl.zeros((), tl.float32)
+    for j in range(0, tile - first + 1):
+        R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
+                                              beta_t, doc_t, T, HAS_RESETS, False)
+        dh_v = tl.zeros((T, T), dtype=tl.float32)
+        for start_v in range(0, DV, BV):
+            dv = start_v + tl.arange(0, BV)
+            mask_v = (dv < DV)[None, :]
+            dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
+            v = tl.load(v_ptr + (seq + s[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
+            dh_v += tl.dot(dh, tl.trans(v), input_precision=PRECISION)
+        dA = (dh_v / normalizer[:, None] + dden[:, None]) * tl.exp(log_w - m_row[:, None])
+        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
+        acc += tl.dot(dA.to(dot_ty), k, input_precision=PRECISION)
+
+    # the entering state: w_t (C_c dnum_t + n_c dden_t); R is now the chunk's log forget before t's tile
+    m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk)
+    log_w_enter = R + beta_t + m_prev - m_row
+    if HAS_RESETS:        # masked before exp: m_t of a row after a reset does not bound it
+        log_w_enter = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), log_w_enter, float("-inf"))
+    w = tl.exp(log_w_enter)
+    dh_C = tl.zeros((T, BK), dtype=tl.float32)
+    for start_v in range(0, DV, BV):
+        dv = start_v + tl.arange(0, BV)
+        mask_v = dv < DV
+        dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+        C = tl.load(C_ptr + (bh.to(tl.int64) * NC + chunk) * DQK * DV + dk[:, None] * DV + dv[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        dh_C += tl.dot(dh, tl.trans(C.to(dot_ty)), input_precision=PRECISION)
+    n = tl.load(n_ptr + (bh.to(tl.int64) * (NC + 1) + chunk) * DQK + dk, mask=mask_k, other=0.0)
+    dq = acc * scale + w[:, None] * (dh_C / normalizer[:, None] + dden[:, None] * n[None, :])
+    q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
+    tl.store(dq_ptr + (seq + t[:, None]) * DQK + dk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_k[None, :])
+    tl.store(qdq_ptr + tile_k.to(tl.int64) * tl.num_programs(0) * S + seq + t,
+             tl.sum(q.to(tl.float32) * dq, axis=1))
 
 
 @triton.jit
 def _chunk_state_grads_kernel(
-    q_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr, dden_ptr,
-    m_ptr, dC_final_ptr, dn_final_ptr,
-    dC_ptr, dn_ptr,
-    S, DQK, DV, NC,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+    q_ptr, beta_ptr, doc_ptr, mrow_ptr, dh_ptr, norm_ptr, dden_ptr,
+    C_ptr, n_ptr, m_ptr, C_final_ptr, dC_final_ptr, dn_final_ptr,
+    dC_ptr, dn_ptr, dC0_ptr, dn0_ptr, cdc_ptr,
+    S, H, DQK, DV, NT, NC,
+    T: tl.constexpr, TPC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr, HAS_INITIAL: tl.constexpr,
+    HAS_FINAL_GRAD: tl.constexpr,
 ):
-    """One program per (batch*head, Dqk tile, Dv tile): dC, dn leaving each chunk, backwards."""
+    """One program per (batch*head, Dqk tile, Dv tile): dC, dn w.r.t. the state leaving each
+    chunk, backwards over chunks, and this tile's share of <C, dC> + <n, dn> at each boundary;
+    the initial state's gradient if there is an initial state."""
     bh = tl.program_id(0)
     tile_k = tl.program_id(1)
     tile_v = tl.program_id(2)
-    rows = tl.arange(0, L)
+    rows = tl.arange(0, T)
     dk = tile_k * BK + tl.arange(0, BK)
     dv = tile_v * BV + tl.arange(0, BV)
     mask_k = dk < DQK
     mask_v = dv < DV
     mask_kv = mask_k[:, None] & mask_v[None, :]
-    seq_off = bh.to(tl.int64) * S
+    seq = bh.to(tl.int64) * S
+    doc_off = (bh // H).to(tl.int64) * S
     m_off = bh.to(tl.int64) * (NC + 1)
-    state_C_off = bh.to(tl.int64) * (NC + 1) * DQK * DV + dk[:, None] * DV + dv[None, :]
-    state_n_off = bh.to(tl.int64) * (NC + 1) * DQK + dk
+    C_off = bh.to(tl.int64) * NC * DQK * DV + dk[:, None] * DV + dv[None, :]
+    n_off = bh.to(tl.int64) * (NC + 1) * DQK + dk
+    dn_off = bh.to(tl.int64) * NC * DQK + dk
+    one_state = bh.to(tl.int64) * DQK * DV + dk[:, None] * DV + dv[None, :]
+    part_off = (tile_k * tl.num_programs(2) + tile_v).to(tl.int64) * tl.num_programs(0) * NC + bh.to(tl.int64) * NC
+    dot_ty = q_ptr.dtype.element_ty
 
-    dC = tl.load(dC_final_ptr + bh.to(tl.int64) * DQK * DV + dk[:, None] * DV + dv[None, :],
-                 mask=mask_kv, other=0.0)
-    dn = tl.load(dn_final_ptr + bh.to(tl.int64) * DQK + dk, mask=mask_k, other=0.0)
-    for step in range(NC):
+    if HAS_FINAL_GRAD:
+        dC = tl.load(dC_final_ptr + one_state, mask=mask_kv, other=0.0)
+        dn = tl.load(dn_final_ptr + bh.to(tl.int64) * DQK + dk, mask=mask_k, other=0.0)
+    else:
+        dC = tl.zeros((BK, BV), dtype=tl.float32)
+        dn = tl.zeros((BK,), dtype=tl.float32)
+    for step in range(0, NC):
         c = NC - 1 - step
-        # gradient w.r.t. the state leaving chunk c (= entering chunk c + 1)
-        tl.store(dC_ptr + state_C_off + (c + 1) * DQK * DV, dC, mask=mask_kv)
+        # gradient w.r.t. the state leaving chunk c (= entering chunk c + 1), and its inner
+        # product with that state (the final state when c is the last chunk)
+        tl.store(dC_ptr + C_off + c * DQK * DV, dC, mask=mask_kv)
+        inner = tl.zeros((), tl.float32)
+        if c + 1 < NC:
+            inner += tl.sum(tl.sum(tl.load(C_ptr + C_off + (c + 1) * DQK * DV, mask=mask_kv, other=0.0) * dC, axis=1), axis=0)
+        else:
+            if HAS_FINAL_GRAD:
+                inner += tl.sum(tl.sum(tl.load(C_final_ptr + one_state, mask=mask_kv, other=0.0) * dC, axis=1), axis=0)
         if tile_v == 0:
-            tl.store(dn_ptr + state_n_off + (c + 1) * DQK, dn, mask=mask_k)
-        t = c * L + rows
-        b = tl.load(b_ptr + seq_off + t)
-        m_row = tl.load(mrow_ptr + seq_off + t)
+            tl.store(dn_ptr + dn_off + c * DQK, dn, mask=mask_k)
+            inner += tl.sum(tl.load(n_ptr + n_off + (c + 1) * DQK, mask=mask_k, other=0.0) * dn, axis=0)
+        tl.store(cdc_ptr + part_off + c, inner)
+
+        first = c * TPC
+        last = tl.minimum(first + TPC, NT)
         m_prev = tl.load(m_ptr + m_off + c)
         m_next = tl.load(m_ptr + m_off + c + 1)
-        g = tl.sum(tl.where(rows == L - 1, b, 0.0), axis=0)
-        decay = tl.exp(g + m_prev - m_next)
-        w = tl.exp(b + m_prev - m_row)
-        q = tl.load(q_ptr + (seq_off + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :],
-                    other=0.0).to(tl.float32)
-        dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :],
-                       other=0.0).to(tl.float32) / tl.load(norm_ptr + seq_off + t)[:, None]
-        dden = tl.load(dden_ptr + seq_off + t)
-        qw = q * w[:, None]
-        dC = decay * dC + tl.dot(tl.trans(qw), dnum, input_precision=PRECISION)
-        dn = decay * dn + tl.sum(qw * dden[:, None], axis=0)
-    tl.store(dC_ptr + state_C_off, dC, mask=mask_kv)
-    if tile_v == 0:
-        tl.store(dn_ptr + state_n_off, dn, mask=mask_k)
+        if HAS_RESETS:
+            doc_enter = document_before(doc_ptr, doc_off, first * T)
+        local_C = tl.zeros((BK, BV), dtype=tl.float32)
+        local_n = tl.zeros((BK,), dtype=tl.float32)
+        P = tl.zeros((), tl.float32)
+        for tile in range(first, last):
+            t = tile * T + rows
+            log_w = P + tl.load(beta_ptr + seq + t) + m_prev - tl.load(mrow_ptr + seq + t)
+            if HAS_RESETS:
+                log_w = tl.where(tl.load(doc_ptr + doc_off + t) == doc_enter, log_w, float("-inf"))
+            w = tl.exp(log_w)
+            P += tl.load(beta_ptr + seq + tile * T + T - 1)
+            q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32)
+            dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+            qw = q * (w / tl.load(norm_ptr + seq + t))[:, None]
+            local_C += tl.dot(tl.trans(qw.to(dot_ty)), dh, input_precision=PRECISION)
+            local_n += tl.sum(q * (w * tl.load(dden_ptr + seq + t))[:, None], axis=0)
+        log_decay = P + m_prev - m_next
+        if HAS_RESETS:
+            log_decay = tl.where(tl.load(doc_ptr + doc_off + last * T - 1) == doc_enter, log_decay, float("-inf"))
+        decay = tl.exp(log_decay)
+        dC = decay * dC + local_C
+        dn = decay * dn + local_n
+    if HAS_INITIAL:
+        tl.store(dC0_ptr + one_state, dC, mask=mask_kv)
+        if tile_v == 0:
+            tl.store(dn0_ptr + bh.to(tl.int64) * DQK + dk, dn, mask=mask_k)
 
 
 @triton.jit
-def _chunk_dqk_kernel(
-    q_ptr, k_ptr, v_ptr, i_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr, dden_ptr,
-    C_ptr, n_ptr, m_ptr, dC_ptr, dn_ptr,
-    dq_ptr, dk_ptr, qdq_ptr, kdk_ptr,
+def _chunk_dkv_kernel(
+    q_ptr, k_ptr, v_ptr, i_ptr, beta_ptr, doc_ptr, dh_ptr, mrow_ptr, norm_ptr, dden_ptr,
+    m_ptr, dC_ptr, dn_ptr,
+    dk_ptr, dv_ptr, kdk_ptr,
     scale,
-    S, DQK, DV, NC,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+    S, H, DQK, DV, NT, NC,
+    T: tl.constexpr, TPC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
-    """One program per (batch*head, chunk, Dqk tile): dq and dk of the chunk's rows, and this
-    tile's share of the row sums q . dq and k . dk (for the gate gradients)."""
+    """One program per (batch*head, source tile, head tile j): dk of Dqk tile j and dv of Dv tile j
+    for the tile's sources (whichever exists), walking the query tiles of the chunk from its own
+    onwards; also this Dqk tile's share of k . dk."""
     bh = tl.program_id(0)
-    c = tl.program_id(1)
-    tile_k = tl.program_id(2)
-    rows = tl.arange(0, L)
-    dk_idx = tile_k * BK + tl.arange(0, BK)
-    mask_k = dk_idx < DQK
-    seq_off = bh.to(tl.int64) * S
-    t = c * L + rows
-    prev_off = (bh.to(tl.int64) * (NC + 1) + c) * DQK
-    next_off = prev_off + DQK
+    tile = tl.program_id(1)
+    j = tl.program_id(2)
+    chunk = tile // TPC
+    last = tl.minimum((chunk + 1) * TPC, NT)
+    rows = tl.arange(0, T)
+    s = tile * T + rows
+    dk = j * BK + tl.arange(0, BK)
+    dv = j * BV + tl.arange(0, BV)
+    mask_k = dk < DQK
+    mask_v = dv < DV
+    do_k = j * BK < DQK
+    do_v = j * BV < DV
+    seq = bh.to(tl.int64) * S
+    doc_off = (bh // H).to(tl.int64) * S
+    dot_ty = q_ptr.dtype.element_ty
 
-    norm = tl.load(norm_ptr + seq_off + t)
-    dA = tl.zeros((L, L), dtype=tl.float32)
-    dq_state = tl.zeros((L, BK), dtype=tl.float32)
-    dk_state = tl.zeros((L, BK), dtype=tl.float32)
-    for start_v in range(0, DV, BV):
-        dv_idx = start_v + tl.arange(0, BV)
-        mask_v = dv_idx < DV
-        mask_kv = mask_k[:, None] & mask_v[None, :]
-        v = tl.load(v_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], mask=mask_v[None, :],
-                    other=0.0).to(tl.float32)
-        dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :],
-                       mask=mask_v[None, :], other=0.0).to(tl.float32) / norm[:, None]
-        C_prev = tl.load(C_ptr + prev_off * DV + dk_idx[:, None] * DV + dv_idx[None, :],
-                         mask=mask_kv, other=0.0)
-        dC_next = tl.load(dC_ptr + next_off * DV + dk_idx[:, None] * DV + dv_idx[None, :],
-                          mask=mask_kv, other=0.0)
-        dA += tl.dot(dnum, tl.trans(v), input_precision=PRECISION)
-        dq_state += tl.dot(dnum, tl.trans(C_prev), input_precision=PRECISION)
-        dk_state += tl.dot(v, tl.trans(dC_next), input_precision=PRECISION)
+    beta_s = tl.load(beta_ptr + seq + s)
+    i_s = tl.load(i_ptr + seq + s)
+    doc_s = s
+    if HAS_RESETS:
+        doc_s = tl.load(doc_ptr + doc_off + s)
+    acc_k = tl.zeros((T, BK), dtype=tl.float32)
+    acc_v = tl.zeros((T, BV), dtype=tl.float32)
+    R = tl.zeros((), tl.float32)
+    for row_tile in range(tile, last):
+        t = row_tile * T + rows
+        m_row = tl.load(mrow_ptr + seq + t)
+        normalizer = tl.load(norm_ptr + seq + t)
+        doc_t = t
+        if HAS_RESETS:
+            doc_t = tl.load(doc_ptr + doc_off + t)
+        # D^T: sources along dim 0, rows along dim 1
+        log_w = masked_log_weights(R, tl.load(beta_ptr + seq + t)[None, :], beta_s[:, None], i_s[:, None],
+                                   t[None, :], s[:, None], doc_t[None, :], doc_s[:, None], HAS_RESETS)
+        decay_T = tl.exp(log_w - m_row[None, :])
+        R += tl.load(beta_ptr + seq + row_tile * T + T - 1)
+        if do_k:
+            v_dh = tl.zeros((T, T), dtype=tl.float32)
+            for start_v in range(0, DV, BV):
+                dvv = start_v + tl.arange(0, BV)
+                mask_vv = (dvv < DV)[None, :]
+                v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
+                dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
+                v_dh += tl.dot(v, tl.trans(dh), input_precision=PRECISION)
+            dA_T = (v_dh / normalizer[None, :] + tl.load(dden_ptr + seq + t)[None, :]) * decay_T
+            q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
+            acc_k += tl.dot(dA_T.to(dot_ty), q, input_precision=PRECISION)
+        if do_v:
+            k_q = tl.zeros((T, T), dtype=tl.float32)
+            for start_k in range(0, DQK, BK):
+                dkk = start_k + tl.arange(0, BK)
+                mask_kk = (dkk < DQK)[None, :]
+                k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
+                q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
+                k_q += tl.dot(k, tl.trans(q), input_precision=PRECISION)
+            A_T = k_q * (scale / normalizer)[None, :] * decay_T
+            dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+            acc_v += tl.dot(A_T.to(dot_ty), dh, input_precision=PRECISION)
 
-    b = tl.load(b_ptr + seq_off + t)
-    ig = tl.load(i_ptr + seq_off + t)
-    m_row = tl.load(mrow_ptr + seq_off + t)
-    dden = tl.load(dden_ptr + seq_off + t)
-    m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + c)
-    m_next = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + c + 1)
-    g = tl.sum(tl.where(rows == L - 1, b, 0.0), axis=0)
-    causal = rows[:, None] >= rows[None, :]
-    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
-    dAD = (dA + dden[:, None]) * tl.exp(log_d - m_row[:, None])
-    w = tl.exp(b + m_prev - m_row)
-    e = tl.exp(g - b + ig - m_next)
-
-    q = tl.load(q_ptr + (seq_off + t[:, None]) * DQK + dk_idx[None, :], mask=mask_k[None, :],
-                other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + (seq_off + t[:, None]) * DQK + dk_idx[None, :], mask=mask_k[None, :],
-                other=0.0).to(tl.float32) * scale
-    n_prev = tl.load(n_ptr + prev_off + dk_idx, mask=mask_k, other=0.0)
-    dn_next = tl.load(dn_ptr + next_off + dk_idx, mask=mask_k, other=0.0)
-    dq = tl.dot(dAD, k, input_precision=PRECISION) + w[:, None] * (dq_state + dden[:, None] * n_prev[None, :])
-    dk = tl.dot(tl.trans(dAD), q, input_precision=PRECISION) + e[:, None] * (dk_state + dn_next[None, :])
-    out = (seq_off + t[:, None]) * DQK + dk_idx[None, :]
-    tl.store(dq_ptr + out, dq.to(dq_ptr.dtype.element_ty), mask=mask_k[None, :])
-    tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=mask_k[None, :])
-    # k . dk is the same for the scaled k and its gradient as for the raw ones
-    part_off = tile_k.to(tl.int64) * tl.num_programs(0) * S + seq_off + t
-    tl.store(qdq_ptr + part_off, tl.sum(q * dq, axis=1))
-    tl.store(kdk_ptr + part_off, tl.sum(k * dk, axis=1))
+    # the state leaving the chunk: e_s = exp(g - b_s + i_s - m_{c+1}); R - beta_s is g - b_s
+    m_next = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk + 1)
+    log_e = R - beta_s + i_s - m_next
+    if HAS_RESETS:
+        log_e = tl.where(doc_s == tl.load(doc_ptr + doc_off + last * T - 1), log_e, float("-inf"))
+    e = tl.exp(log_e)
+    state = bh.to(tl.int64) * NC + chunk                  # dC, dn of the state leaving the chunk
+    if do_k:
+        v_dC = tl.zeros((T, BK), dtype=tl.float32)
+        for start_v in range(0, DV, BV):
+            dvv = start_v + tl.arange(0, BV)
+            mask_vv = dvv < DV
+            v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv[None, :], other=0.0)
+            dC = tl.load(dC_ptr + state * DQK * DV + dk[:, None] * DV + dvv[None, :],
+                         mask=mask_k[:, None] & mask_vv[None, :], other=0.0)
+            v_dC += tl.dot(v, tl.trans(dC.to(dot_ty)), input_precision=PRECISION)
+        dn = tl.load(dn_ptr + state * DQK + dk, mask=mask_k, other=0.0)
+        grad_k = scale * (acc_k + e[:, None] * (v_dC + dn[None, :]))       # w.r.t. the unscaled k
+        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
+        tl.store(dk_ptr + (seq + s[:, None]) * DQK + dk[None, :], grad_k.to(dk_ptr.dtype.element_ty),
+                 mask=mask_k[None, :])
+        # k . dk is the same for the scaled k and its gradient as for the unscaled ones
+        tl.store(kdk_ptr + j.to(tl.int64) * tl.num_programs(0) * S + seq + s,
+                 tl.sum(k.to(tl.float32) * grad_k, axis=1))
+    if do_v:
+        k_dC = tl.zeros((T, BV), dtype=tl.float32)
+        for start_k in range(0, DQK, BK):
+            dkk = start_k + tl.arange(0, BK)
+            mask_kk = dkk < DQK
+            k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dkk[None, :], mask=mask_kk[None, :], other=0.0)
+            dC = tl.load(dC_ptr + state * DQK * DV + dkk[:, None] * DV + dv[None, :],
+                         mask=mask_kk[:, None] & mask_v[None, :], other=0.0)
+            k_dC += tl.dot(k, dC.to(dot_ty), input_precision=PRECISION)
+        grad_v = acc_v + (e * scale)[:, None] * k_dC
+        tl.store(dv_ptr + (seq + s[:, None]) * DV + dv[None, :], grad_v.to(dv_ptr.dtype.element_ty),
+                 mask=mask_v[None, :])
 
 
 @triton.jit
-def _chunk_dv_kernel(
-    q_ptr, k_ptr, i_ptr, b_ptr, mrow_ptr, dh_ptr, norm_ptr,
-    m_ptr, dC_ptr,
-    dv_ptr,
-    scale,
-    S, DQK, DV, NC,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+def _gate_grads_kernel(
+    f_ptr, doc_ptr, qdq_ptr, kdk_ptr, cdc_ptr,
+    di_ptr, df_ptr,
+    S, H, NT, NC, NUM_QDQ, NUM_KDK, NUM_CDC,
+    T: tl.constexpr, TPC: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
-    """One program per (batch*head, chunk, Dv tile): dv of the chunk's rows."""
+    """One program per (batch*head, chunk): di = k . dk and df from the per-document suffix sums
+    inside the chunk plus the boundary term <C, dC> + <n, dn> of the state leaving it."""
     bh = tl.program_id(0)
-    c = tl.program_id(1)
-    tile_v = tl.program_id(2)
-    rows = tl.arange(0, L)
-    dv_idx = tile_v * BV + tl.arange(0, BV)
-    mask_v = dv_idx < DV
-    seq_off = bh.to(tl.int64) * S
-    t = c * L + rows
-    next_off = (bh.to(tl.int64) * (NC + 1) + c + 1) * DQK
+    chunk = tl.program_id(1)
+    BH = tl.num_programs(0)
+    rows = tl.arange(0, T)
+    seq = bh.to(tl.int64) * S
+    doc_off = (bh // H).to(tl.int64) * S
+    first = chunk * TPC
+    last = tl.minimum(first + TPC, NT)
 
-    qk = tl.zeros((L, L), dtype=tl.float32)
-    dv_state = tl.zeros((L, BV), dtype=tl.float32)
-    for start_k in range(0, DQK, BK):
-        dk_idx = start_k + tl.arange(0, BK)
-        mask_k = dk_idx < DQK
-        q = tl.load(q_ptr + (seq_off + t[:, None]) * DQK + dk_idx[None, :], mask=mask_k[None, :],
-                    other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + (seq_off + t[:, None]) * DQK + dk_idx[None, :], mask=mask_k[None, :],
-                    other=0.0).to(tl.float32) * scale
-        dC_next = tl.load(dC_ptr + next_off * DV + dk_idx[:, None] * DV + dv_idx[None, :],
-                          mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        qk += tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        dv_state += tl.dot(k, dC_next, input_precision=PRECISION)
-
-    b = tl.load(b_ptr + seq_off + t)
-    ig = tl.load(i_ptr + seq_off + t)
-    m_row = tl.load(mrow_ptr + seq_off + t)
-    m_next = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + c + 1)
-    g = tl.sum(tl.where(rows == L - 1, b, 0.0), axis=0)
-    causal = rows[:, None] >= rows[None, :]
-    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
-    A = qk * tl.exp(log_d - m_row[:, None])
-    e = tl.exp(g - b + ig - m_next)
-    dnum = tl.load(dh_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], mask=mask_v[None, :],
-                   other=0.0).to(tl.float32) / tl.load(norm_ptr + seq_off + t)[:, None]
-    dv = tl.dot(tl.trans(A), dnum, input_precision=PRECISION) + e[:, None] * dv_state
-    tl.store(dv_ptr + (seq_off + t[:, None]) * DV + dv_idx[None, :], dv.to(dv_ptr.dtype.element_ty),
-             mask=mask_v[None, :])
-
-
-def output_cotangents(dh, h, den, m_row, eps):
-    """Per-row normalizer N_t = max(|den_t|, exp(-m_t)) + eps and dden (B, H, S), fp32: the
-    gradient through the normalizer, where only the |den| branch depends on the inputs (the
-    kernels form dnum = dh / N on load)."""
-    normalizer = torch.maximum(den.abs(), torch.exp(-m_row)) + eps
-    den_wins = (den.abs() > torch.exp(-m_row)).to(torch.float32)
-    dh_dot_h = (dh.to(torch.float32) * h.to(torch.float32)).sum(-1)
-    dden = -dh_dot_h / normalizer * torch.sign(den) * den_wins    # d/dN of num / N is -h / N
-    return normalizer.contiguous(), dden.contiguous()
+    part_stride = BH.to(tl.int64) * S
+    carry = tl.zeros((), tl.float32)
+    for p in range(0, NUM_CDC):
+        carry += tl.load(cdc_ptr + (p * BH + bh).to(tl.int64) * NC + chunk)
+    carry_doc = tl.zeros((), tl.int32)
+    if HAS_RESETS:
+        carry_doc = tl.load(doc_ptr + doc_off + last * T - 1)
+    for j in range(0, last - first):
+        tile = last - 1 - j
+        t = tile * T + rows
+        q_dq = tl.zeros((T,), dtype=tl.float32)
+        for p in range(0, NUM_QDQ):
+            q_dq += tl.load(qdq_ptr + p * part_stride + seq + t)
+        k_dk = tl.zeros((T,), dtype=tl.float32)
+        for p in range(0, NUM_KDK):
+            k_dk += tl.load(kdk_ptr + p * part_stride + seq + t)
+        term = q_dq - k_dk
+        after = rows[None, :] >= rows[:, None]               # (t, u): u >= t
+        if HAS_RESETS:
+            doc = tl.load(doc_ptr + doc_off + t)
+            after = after & (doc[None, :] == doc[:, None])
+            suffix = tl.sum(tl.where(after, term[None, :], 0.0), axis=1) + tl.where(doc == carry_doc, carry, 0.0)
+            dlog_f = tl.where(doc != document_before(doc_ptr, doc_off, t), 0.0, suffix)
+            carry_doc = tl.sum(tl.where(rows == 0, doc, 0), axis=0)
+        else:
+            suffix = tl.sum(tl.where(after, term[None, :], 0.0), axis=1) + carry
+            dlog_f = suffix
+        carry = tl.sum(tl.where(rows == 0, suffix, 0.0), axis=0)
+        f = tl.load(f_ptr + seq + t).to(tl.float32)
+        e = tl.exp(-tl.abs(f))                               # sigmoid(-f) without overflow
+        df = dlog_f * tl.where(f > 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        tl.store(di_ptr + seq + t, k_dk.to(di_ptr.dtype.element_ty))
+        tl.store(df_ptr + seq + t, df.to(df_ptr.dtype.element_ty))
 
 
-def chunk_state_grads(q, b, m_row, dh, normalizer, dden, m_states, dC_final, dn_final, chunk_size):
-    """dC (B, H, NC+1, Dqk, Dv), dn (B, H, NC+1, Dqk): gradient w.r.t. the state entering each
-    chunk (index 0 = the initial state, NC = the final state's own cotangent)."""
-    B, H, S, Dqk = q.shape
-    Dv = dh.shape[-1]
-    NC = S // chunk_size
-    dC = kernel_buffer((B, H, NC + 1, Dqk, Dv), torch.float32, q.device)
-    dn = kernel_buffer((B, H, NC + 1, Dqk), torch.float32, q.device)
-    BK, BV = head_dim_tile(Dqk), head_dim_tile(Dv)
-    grid = (B * H, triton.cdiv(Dqk, BK), triton.cdiv(Dv, BV))
-    _chunk_state_grads_kernel[grid](
-        q, b, m_row, dh, normalizer, dden, m_states, dC_final, dn_final, dC, dn,
-        S, Dqk, Dv, NC,
-        L=chunk_size, BK=BK, BV=BV, PRECISION=dot_precision(q.dtype),
-    )
-    return dC, dn
-
-
-def chunk_input_grads(q, k, v, i, b, m_row, dh, normalizer, dden, states, state_grads, chunk_size):
-    """dq, dk (B, H, S, Dqk) and dv (B, H, S, Dv) in fp32 (k's gradient w.r.t. the unscaled k),
-    and the row sums q . dq and k . dk (B, H, S)."""
+def chunk_dq(q, k, v, i, beta, doc, h, dh, m_row, den, states, chunk_size, tile, eps):
+    """dq (B, H, S, Dqk) in q's dtype, the per-Dqk-tile row sums q . dq (tiles, B, H, S), and the
+    normalizer N_t and its cotangent dden_t (B, H, S) fp32."""
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
-    NC = S // chunk_size
+    NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     C, n, m = states
-    dC, dn = state_grads
-    scale = 1.0 / math.sqrt(Dqk)
-    BK, BV = head_dim_tile(Dqk), head_dim_tile(Dv)
-    tiles_k = triton.cdiv(Dqk, BK)
-    # fp32 buffers, rounded once by torch: Triton's interpreter truncates on fp32 -> bf16 stores,
-    # and the gradients are worth the extra bytes
-    dq = kernel_buffer(q.shape, torch.float32, q.device)
-    dk = kernel_buffer(dq.shape, dq.dtype, dq.device)
-    dv = kernel_buffer(v.shape, torch.float32, v.device)
+    cfg = kernel_settings("dq", Dqk, Dv)
+    tiles_k = triton.cdiv(Dqk, cfg.BK)
+    dq = kernel_buffer(q.shape, q.dtype, q.device)
     qdq = kernel_buffer((tiles_k, B, H, S), torch.float32, q.device)
-    kdk = kernel_buffer(qdq.shape, qdq.dtype, qdq.device)
-    precision = dot_precision(q.dtype)
-    _chunk_dqk_kernel[(B * H, NC, tiles_k)](
-        q, k, v, i, b, m_row, dh, normalizer, dden, C, n, m, dC, dn, dq, dk, qdq, kdk,
-        scale, S, Dqk, Dv, NC,
-        L=chunk_size, BK=BK, BV=BV, PRECISION=precision,
+    normalizer = kernel_buffer((B, H, S), torch.float32, q.device)
+    dden = kernel_buffer((B, H, S), torch.float32, q.device)
+    _chunk_dq_kernel[(B * H, NT, tiles_k)](
+        q, k, v, i, beta, placeholder(q.device) if doc is None else doc, h, dh, m_row, den, C, n, m,
+        dq, qdq, normalizer, dden,
+        1.0 / math.sqrt(Dqk), eps, S, H, Dqk, Dv, NT, NC,
+        T=tile, TPC=TPC, BK=cfg.BK, BV=cfg.BV, PRECISION=dot_precision(q.dtype), HAS_RESETS=doc is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    _chunk_dv_kernel[(B * H, NC, triton.cdiv(Dv, BV))](
-        q, k, i, b, m_row, dh, normalizer, m, dC, dv,
-        scale, S, Dqk, Dv, NC,
-        L=chunk_size, BK=BK, BV=BV, PRECISION=precision,
-    )
-    return dq, dk, dv, qdq.sum(0), kdk.sum(0)
+    return dq, qdq, normalizer, dden
 
 
-def gate_grads(f, qdq, kdk, final_state, final_grads):
-    """di, df (B, H, S) fp32 from the row sums q . dq and k . dk (see the module docstring for
-    why this is exact)."""
-    C_final, n_final = final_state
-    dC_final, dn_final = final_grads
-    final_term = (C_final * dC_final).sum((-2, -1)) + (n_final * dn_final).sum(-1)
-    dlog_f = (qdq - kdk).flip(-1).cumsum(-1).flip(-1) + final_term[..., None]
-    df = dlog_f * torch.sigmoid(-f.to(torch.float32))
-    return kdk, df
+def chunk_state_grads(q, beta, doc, m_row, dh, normalizer, dden, states, C_final, final_grads,
+                      has_initial, chunk_size, tile):
+    """dC (B, H, NC, Dqk, Dv), dn (B, H, NC, Dqk): gradient w.r.t. the state leaving each chunk;
+    the initial state's (dC0, dn0), or (None, None) without an initial state; and the partial
+    inner products <C, dC> + <n, dn> at every chunk end (tiles, B, H, NC). `final_grads` is
+    (dC_final, dn_final) or None (no gradient reaches the final state)."""
+    B, H, S, Dqk = q.shape
+    Dv = dh.shape[-1]
+    NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
+    C, n, m = states
+    cfg = kernel_settings("state_grads", Dqk, Dv)
+    grid = (B * H, triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV))
+    dC = kernel_buffer(C.shape, torch.float32, q.device)
+    dn = kernel_buffer((B, H, NC, Dqk), torch.float32, q.device)
+    dC0 = kernel_buffer((B, H, Dqk, Dv), torch.float32, q.device) if has_initial else None
+    dn0 = kernel_buffer((B, H, Dqk), torch.float32, q.device) if has_initial else None
+    cdc = kernel_buffer((grid[1] * grid[2], B, H, NC), torch.float32, q.device)
+    unused = placeholder(q.device)
+    dC_final, dn_final = final_grads if final_grads is not None else (unused, unused)
+    _chunk_state_grads_kernel[grid](
+        q, beta, unused if doc is None else doc, m_row, dh, normalizer, dden, C, n, m,
+        C_final if final_grads is not None else unused, dC_final, dn_final,
+        dC, dn, unused if dC0 is None else dC0, unused if dn0 is None else dn0, cdc,
+        S, H, Dqk, Dv, NT, NC,
+        T=tile, TPC=TPC, BK=cfg.BK, BV=cfg.BV, PRECISION=dot_precision(q.dtype), HAS_RESETS=doc is not None,
+        HAS_INITIAL=has_initial, HAS_FINAL_GRAD=final_grads is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dC, dn, dC0, dn0, cdc
+
+
+def chunk_dkv(q, k, v, i, beta, doc, dh, m_row, normalizer, dden, m_states, state_grads, chunk_size, tile):
+    """dk (B, H, S, Dqk) (w.r.t. the unscaled k) and dv (B, H, S, Dv) in the inputs' dtypes, and the
+    per-Dqk-tile row sums k . dk (tiles, B, H, S)."""
+    B, H, S, Dqk = q.shape
+    Dv = v.shape[-1]
+    NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
+    dC, dn = state_grads
+    cfg = kernel_settings("dkv", Dqk, Dv)
+    tiles_k, tiles_v = triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV)
+    dk = kernel_buffer(k.shape, k.dtype, k.device)
+    dv = kernel_buffer(v.shape, v.dtype, v.device)
+    kdk = kernel_buffer((tiles_k, B, H, S), torch.float32, k.device)
+    _chunk_dkv_kernel[(B * H, NT, max(tiles_k, tiles_v))](
+        q, k, v, i, beta, placeholder(q.device) if doc is None else doc, dh, m_row, normalizer, dden,
+        m_states, dC, dn, dk, dv, kdk,
+        1.0 / math.sqrt(Dqk), S, H, Dqk, Dv, NT, NC,
+        T=tile, TPC=TPC, BK=cfg.BK, BV=cfg.BV, PRECISION=dot_precision(q.dtype), HAS_RESETS=doc is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dk, dv, kdk
+
+
+def gate_grads(f, doc, qdq, kdk, cdc, chunk_size, tile, i_dtype):
+    """di (B, H, S) in `i_dtype`, df in f's dtype (see the module docstring for why this is exact)."""
+    B, H, S = f.shape
+    NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
+    di = kernel_buffer((B, H, S), i_dtype, f.device)
+    df = kernel_buffer((B, H, S), f.dtype, f.device)
+    _gate_grads_kernel[(B * H, NC)](
+        f, placeholder(f.device) if doc is None else doc, qdq, kdk, cdc, di, df,
+        S, H, NT, NC, qdq.shape[0], kdk.shape[0], cdc.shape[0],
+        T=tile, TPC=TPC, HAS_RESETS=doc is not None,
+    )
+    return di, df

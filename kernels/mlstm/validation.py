@@ -3,6 +3,7 @@
 import torch
 
 from kernels.errors import KernelInputError
+from kernels.mlstm.chunking import is_valid_chunk_size
 
 
 def _check_tensor(name: str, x) -> None:
@@ -72,8 +73,8 @@ def check_sequence_inputs(q, k, v, i, f, initial_state, chunk_size, resets=None)
     if initial_state is not None:
         check_state("initial_state", initial_state, B, H, Dqk, v.shape[-1], device)
     check_resets(resets, B, S, device)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise KernelInputError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    if not is_valid_chunk_size(chunk_size):
+        raise KernelInputError(f"chunk_size: expected 'auto' or a positive int, got {chunk_size!r}")
 
 
 def check_step_inputs(q, k, v, i, f, state) -> None:

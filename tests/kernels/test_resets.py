@@ -76,13 +76,19 @@ def test_summary_of_a_segment_with_resets_drops_what_entered():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_nothing_crosses_a_reset():
+def _triton(*args, **kwargs):
+    from kernels.mlstm.autograd import mlstm_chunkwise_triton   # Triton's CPU interpreter here
+
+    return mlstm_chunkwise_triton(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fn, chunk_size", [(mlstm_chunkwise_torch, 8), (_triton, 16)], ids=["torch", "triton"])
+def test_nothing_crosses_a_reset(fn, chunk_size):
     """The gradient of anything after a reset w.r.t. the initial state and earlier tokens is 0."""
     x, resets = _case(torch.float64, "wide")
     leaves = {name: x[name].clone().requires_grad_() for name in ("q", "k", "v", "i", "f", "C0", "n0")}
-    h, (C, n, _) = mlstm_chunkwise_torch(*(leaves[name] for name in "qkvif"),
-                                         initial_state=(leaves["C0"], leaves["n0"], x["m0"]),
-                                         return_final_state=True, chunk_size=8, resets=resets)
+    h, (C, n, _) = fn(*(leaves[name] for name in "qkvif"), initial_state=(leaves["C0"], leaves["n0"], x["m0"]),
+                      return_final_state=True, chunk_size=chunk_size, resets=resets)
     first_reset = 5                                            # row 0's second document
     (h[0, :, first_reset:].sum() + C[0].sum() + n[0].sum()).backward()
     for name in ("C0", "n0"):

@@ -1,0 +1,79 @@
+"""Tiles and launch settings of the Triton chunkwise mLSTM kernels, chosen per shape in one place.
+
+Two levels of tiling (TFLA, Beck et al. 2025): a chunk of L positions (states are stored only at
+chunk boundaries) is cut into sequence tiles of T = min(SEQ_TILE, L) positions, and the
+intra-chunk part runs tile by tile like flash attention. Head dimensions are cut into tiles of
+at most the kernel's head tile; dims that are not powers of two are covered by masked tiles.
+
+`KERNEL_SETTINGS` holds per kernel the head tiles and num_warps / num_stages for the GPU, chosen
+with bench/gpu_compile.py (no register spills, shared memory within the limit at the shipped
+protein shapes); smaller head dims get tiles no larger than the dim.
+"""
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+# Sequence tile; tests lower it (and MAX_HEAD_TILE) to run several tiles per chunk on small inputs.
+SEQ_TILE = 64
+MAX_HEAD_TILE = 256
+MIN_DOT_TILE = 16              # tl.dot needs every dimension >= 16 on the GPU
+
+
+class KernelSettings(NamedTuple):
+    """Head tiles over Dqk (BK) and Dv (BV), and the GPU launch settings of one kernel."""
+
+    BK: int
+    BV: int
+    num_warps: int
+    num_stages: int
+
+
+KERNEL_SETTINGS = {
+    "states": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
+    "outputs": KernelSettings(BK=64, BV=128, num_warps=8, num_stages=2),
+    "dq": KernelSettings(BK=128, BV=32, num_warps=8, num_stages=2),
+    "state_grads": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
+    "dkv": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
+}
+
+
+def head_tile(dim: int, largest: int) -> int:
+    """A power of two >= 16 covering `dim`, at most `largest` (and at most MAX_HEAD_TILE)."""
+    return max(MIN_DOT_TILE, min(largest, MAX_HEAD_TILE, triton.next_power_of_2(dim)))
+
+
+def kernel_settings(kernel: str, Dqk: int, Dv: int) -> KernelSettings:
+    """Settings of `kernel` for head dims (Dqk, Dv): the table's tiles shrunk to the dims."""
+    base = KERNEL_SETTINGS[kernel]
+    return base._replace(BK=head_tile(Dqk, base.BK), BV=head_tile(Dv, base.BV))
+
+
+def seq_tile(chunk_size: int) -> int:
+    return min(SEQ_TILE, chunk_size)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 products (the tests compare at 1e-4); bf16 / fp16 operands go to
+    the tensor cores as they are, so the setting does not apply to them."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+# Under the interpreter (the CPU tests) output buffers start as NaN, so an element a kernel fails
+# to write cannot pass a test; on a GPU that fill is one more full write of every buffer.
+POISON_BUFFERS = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernel_buffer(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An output buffer every element of which the kernel writes (NaN-filled under the tests)."""
+    if POISON_BUFFERS and dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def placeholder(device) -> torch.Tensor:
+    """What a kernel gets for a tensor argument it does not read (its constexpr flag is off), so
+    that no real tensor is handed to it for nothing."""
+    return torch.empty(1, dtype=torch.int32, device=device)
