@@ -67,7 +67,7 @@ def _full_sequence(inputs, weight, reverse, backend, resets=None):
     return h.detach(), [x.grad for x in leaves]
 
 
-def _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets=None):
+def _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets=None, backend="torch"):
     """This rank's slice through mlstm_context_parallel; outputs back in natural order."""
     from kernels.mlstm.context_parallel import mlstm_context_parallel
 
@@ -77,17 +77,17 @@ def _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets=None
     if reverse:
         flipped = None if local_resets is None else local_resets.flip(1)
         h = _flip_time(mlstm_context_parallel(*(_flip_time(x) for x in leaves), group, reverse=True,
-                                              chunk_size=CHUNK, backend="torch", resets=flipped))
+                                              chunk_size=CHUNK, backend=backend, resets=flipped))
     else:
-        h = mlstm_context_parallel(*leaves, group, chunk_size=CHUNK, backend="torch", resets=local_resets)
+        h = mlstm_context_parallel(*leaves, group, chunk_size=CHUNK, backend=backend, resets=local_resets)
     (h * weight[:, :, rank * L:(rank + 1) * L]).sum().backward()
     return h.detach(), [x.grad for x in leaves]
 
 
-def _compare_mlstm(rank, cp_size, group, dtype, reverse, reference_backend, resets=None):
+def _compare_mlstm(rank, cp_size, group, dtype, reverse, reference_backend, resets=None, backend="torch"):
     inputs, weight = _gate_inputs(dtype, seed=11 + int(reverse))
     full_h, full_grads = _full_sequence(inputs, weight, reverse, reference_backend, resets)
-    h, grads = _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets)
+    h, grads = _context_parallel(inputs, weight, reverse, rank, cp_size, group, resets, backend)
     L = S // cp_size
     local = slice(rank * L, (rank + 1) * L)
     errors = {"h": _relative(h, full_h[:, :, local])}
@@ -197,6 +197,8 @@ def kernel_checks(rank, world_size):
                                                              "torch", resets)
         results[f"packed-fp64-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float64, reverse,
                                                              "reference", resets)
+        results[f"packed-triton-{direction}"] = _compare_mlstm(rank, world_size, group, torch.float32, reverse,
+                                                               "torch", resets, backend="triton")
     results["comm-S"] = _count_collectives(rank, world_size, group, S)
     results["comm-4S"] = _count_collectives(rank, world_size, group, 4 * S)
     results["unequal-lengths"] = _unequal_lengths_error(rank, group)
@@ -224,11 +226,12 @@ def test_cp_float64_matches_parallel_reference(per_rank, direction):
             assert error <= FP64_RTOL, f"CP={cp_size} rank {rank} {direction} {name}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("precision, tolerance", [("fp32", FP32_RTOL), ("fp64", FP64_RTOL)])
+@pytest.mark.parametrize("precision, tolerance", [("fp32", FP32_RTOL), ("fp64", FP64_RTOL), ("triton", FP32_RTOL)])
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 def test_cp_with_state_resets_matches_single_rank(per_rank, direction, precision, tolerance):
     """Packed documents: resets inside a slice, at slice edges, several in one chunk (fp64 against
-    the parallel reference, which equals every document run alone: tests/kernels/test_resets.py)."""
+    the parallel reference, which equals every document run alone: tests/kernels/test_resets.py;
+    "triton": each rank's slice on the Triton kernels, fp32 under the interpreter)."""
     cp_size, results = per_rank
     for rank, result in enumerate(results):
         for name, error in result[f"packed-{precision}-{direction}"].items():

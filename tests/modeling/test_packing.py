@@ -38,9 +38,9 @@ def _starts(layout=LENGTHS):
     return torch.tensor([[flag for n in lengths for flag in [True] + [False] * (n - 1)] for lengths in layout])
 
 
-def _model(name):
+def _model(name, **overrides):
     torch.manual_seed(3)
-    model = build_model(tiny(**VARIANTS[name])).double()
+    model = build_model(tiny(**{**VARIANTS[name], **overrides})).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -120,6 +120,25 @@ def test_packed_row_with_in_gpu_segments(name, segments, monkeypatch):
     monkeypatch.setattr(kernels, "mlstm_segmented", lambda *a, **k: calls.append(1) or original(*a, **k))
     _assert_equal(*_packed_and_alone(_model(name), layout=layout))
     assert calls                                         # the packed rows did run segmented
+
+
+@pytest.mark.parametrize("name", ["causal_sequence_index", "weight_tied_official", "rc_equivariant_mlstm"])
+def test_packed_row_on_the_triton_kernels_matches_float64_documents_alone(name):
+    """The Triton kernels (fp32 under the interpreter, chunk 16: starts inside the first chunk
+    and at its edge) against the float64 documents alone. fp32 tolerance 1e-5 on the logits and
+    on all parameter gradients together (single fp32 gradients of the gate biases are sums that
+    cancel, tests/context_parallel/test_model_context_parallel.py explains)."""
+    model64 = _model(name, chunk_size=16)
+    _, alone = _packed_and_alone(model64)
+    model32 = _model(name, chunk_size=16, kernel_backend="triton").float()
+    ids, weight = _inputs(model32.cfg.vocab_size)
+    logits = model32(ids, document_starts=_starts())
+    (logits.double() * weight).sum().backward()
+    scale = alone[0].abs().max()
+    assert ((logits.detach().double() - alone[0]).abs().max() / scale).item() <= 1e-5
+    diff = sum(((p.grad.double() - alone[1][n]) ** 2).sum() for n, p in model32.named_parameters())
+    norm = sum((g ** 2).sum() for g in alone[1].values())
+    assert (diff / norm).sqrt().item() <= 1e-5
 
 
 def test_document_layout_facts():
