@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.step_models import ModelSpec, plan_batch, resolve_model  # noqa: E402
+from bench.step_timing import measure_matmul_ceiling, time_calls  # noqa: E402
 
 DEFAULT_MODELS = "prot_xlstm_102m,transformer_102m,prot_xlstm_26m"
 DEFAULT_CONTEXTS = "2048,8192,32768,65536,131072,262144"
@@ -60,45 +61,6 @@ CPU_CEILING_SIZES = (256,)
 
 
 # ------------------------------------------------------------------------------ measuring
-def measure_matmul_ceiling(device, dtype, sizes, reps: int) -> dict:
-    """Best TFLOP/s of square matmuls (2 n^3 FLOPs each) on this device, in this process."""
-    import torch
-
-    best = {"tflops": 0.0, "size": None, "dtype": str(dtype).replace("torch.", "")}
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        seconds = _time_calls(lambda: a @ b, reps, device)
-        tflops = 2 * n ** 3 / statistics.median(seconds) / 1e12
-        if tflops > best["tflops"]:
-            best.update(tflops=tflops, size=n)
-        del a, b
-    return best
-
-
-def _time_calls(fn, reps: int, device) -> list[float]:
-    """Seconds per call; on CUDA from events, synchronising only before and after the calls."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
-        events[0].record()
-        for index in range(reps):
-            fn()
-            events[index + 1].record()
-        torch.cuda.synchronize(device)
-        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(reps)]
-    seconds = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def synthetic_batches(vocab_size: int, micro_batch: int, grad_accum: int, context_len: int, device, seed: int):
     """grad_accum micro-batches of random tokens and their next-token labels, on `device`."""
     import torch
@@ -223,7 +185,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             for _ in range(args.warmup):
                 step()
             losses = []
-            seconds = _time_calls(lambda: losses.append(step()), args.steps, engine.device)
+            seconds = time_calls(lambda: losses.append(step()), args.steps, engine.device)
             row["loss_per_token"] = float(losses[-1]) / tokens
             if on_cuda:
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
