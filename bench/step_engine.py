@@ -10,24 +10,17 @@ import gc
 
 
 def single_process_parallel():
-    """`pretrain.parallel.initialize_parallel(1)`; without megatron-core (a bare GPU machine), a
-    one-process group and no mpu, which is all DeepSpeed needs on one rank (ZeRO 0-2)."""
+    """`pretrain.parallel.initialize_parallel(1)`; without megatron-core (a bare GPU machine), the
+    same one-process group and no mpu, which is all DeepSpeed needs on one rank (ZeRO 0-2)."""
     try:
         import megatron.core  # noqa: F401
     except ImportError:
-        import socket
         from types import SimpleNamespace
 
-        import torch
-        import torch.distributed as dist
+        from pretrain.parallel import _ensure_process_group
 
         print("[train_step] megatron-core not installed: one process group without an mpu", flush=True)
-        if not dist.is_initialized():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                    init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        _ensure_process_group(backend=None, timeout_s=None)
         return SimpleNamespace(dp_size=1, mpu=None, prepare_model_for_deepspeed=lambda model, ds_config: model)
     from pretrain.parallel import initialize_parallel
 
@@ -76,12 +69,14 @@ def synthetic_batches(vocab_size: int, micro_batch: int, grad_accum: int, contex
     """grad_accum micro-batches of random tokens and their next-token labels, on `device`."""
     import torch
 
+    from pretrain.engine import IGNORE_INDEX
+
     generator = torch.Generator(device="cpu").manual_seed(seed)
     batches = []
     for _ in range(grad_accum):
         ids = torch.randint(0, vocab_size, (micro_batch, context_len), generator=generator)
         labels = torch.roll(ids, -1, dims=1)
-        labels[:, -1] = -100
+        labels[:, -1] = IGNORE_INDEX
         batches.append((ids.to(device), labels.to(device)))
     return batches
 
@@ -97,7 +92,7 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
     import torch
 
     from bench.step_profile import BACKWARD_RANGE, FORWARD_RANGE, OPTIMIZER_RANGE
-    from pretrain.engine import summed_token_loss
+    from pretrain.engine import IGNORE_INDEX, summed_token_loss
 
     scale = 1.0 / tokens
     device = engine.device
@@ -107,7 +102,7 @@ def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
         total = None
         host_loss = torch.zeros((), dtype=torch.float64, device=device)
         if trainer_host_path:
-            loss_tokens = sum(int((labels != -100).sum()) for _, labels in batches)
+            loss_tokens = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in batches)
         for index, (ids, labels) in enumerate(batches):
             engine.set_gradient_accumulation_boundary(index == len(batches) - 1)
             if trainer_host_path:
