@@ -68,7 +68,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
     """Append one row per context to `rows` (calling `on_row` after each); returns the profile."""
     import torch
 
-    from bench.step_profile import format_profile_markdown, labelled_mlstm_cell
+    from bench.step_profile import format_profile_markdown, labelled_mlstm_cell, profile_step
     from pretrain.engine import set_stage_batch
 
     on_cuda = device.type == "cuda"
@@ -120,7 +120,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
                 row["mfu_datasheet"] = row["model_tflops"] / args.datasheet_tflops
             if args.profile and context_len == args.profile_context and profile is None:
                 with labelled_mlstm_cell():
-                    profile = _profile_step(step, engine.device)
+                    profile = profile_step(step, engine.device)
                 profile["markdown"] = format_profile_markdown(spec.name, context_len, profile, profile.get("step_ms"))
         except Exception as error:  # noqa: BLE001 - one failing context is recorded, the rest go on
             if not is_out_of_memory(error):
@@ -137,24 +137,6 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
         on_row()
     release_engine(engine)                             # the next model's peak memory starts clean
     return profile
-
-
-def _profile_step(step, device) -> dict:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from bench.step_profile import summarize
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall_ms = 1e3 * (time.perf_counter() - start)
-    summary = summarize(prof.events(), on_cuda=device.type == "cuda")
-    summary["step_ms"] = wall_ms
-    return summary
 
 
 def _row_summary(row: dict) -> str:
