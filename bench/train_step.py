@@ -30,6 +30,10 @@ at the same or larger micro-batch tokens are skipped as OOM).
 Model names: a run config configs/<name>.yaml (prot_xlstm_102m, prot_xlstm_26m), a model preset
 configs/models/<name>.yaml (protein_tiny), or transformer_<x>: the Transformer++ matched in
 parameter count to prot_xlstm_<x> (transformer_102m) or to the model <x>.
+
+This file is the command line and the loop over contexts; the models and their batches are in
+bench/step_models.py, the engine and the step in bench/step_engine.py, the timers in
+bench/step_timing.py, the profile in bench/step_profile.py, the report in bench/step_report.py.
 """
 from __future__ import annotations
 
@@ -42,8 +46,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.step_engine import (  # noqa: E402
     build_bench_engine, is_out_of_memory, make_step, release_engine, single_process_parallel, synthetic_batches,
@@ -60,7 +63,28 @@ GPU_CEILING_SIZES = (4096, 8192, 16384)
 CPU_CEILING_SIZES = (256,)
 
 
-# ------------------------------------------------------------------------------ measuring
+# ------------------------------------------------------------------------------ one model
+def new_row(spec: ModelSpec, context_len: int, micro_batch: int, grad_accum: int, host_path: str) -> dict:
+    """A result row before measuring: the plan, and None for every number not measured yet."""
+    return dict(model=spec.name, family=spec.family, params=spec.params, context_len=context_len,
+                micro_batch=micro_batch, grad_accum=grad_accum, tokens_per_step=micro_batch * grad_accum * context_len,
+                activation_checkpointing=spec.activation_checkpointing,
+                flops_per_token=spec.flops_per_token(context_len), status="ok", step_ms=None,
+                step_ms_all=None, tokens_per_s=None, model_tflops=None, mfu=None, mfu_datasheet=None,
+                peak_memory_gib=None, static_memory_gib=None, loss_per_token=None, host_path=host_path)
+
+
+def record_throughput(row: dict, seconds: list[float], ceiling: dict, datasheet_tflops: Optional[float]) -> None:
+    """Step time (median), tokens/s, model TFLOP/s and MFU from the timed steps' seconds."""
+    step_s = statistics.median(seconds)
+    row.update(step_ms=1e3 * step_s, step_ms_all=[1e3 * s for s in seconds],
+               tokens_per_s=row["tokens_per_step"] / step_s)
+    row["model_tflops"] = row["flops_per_token"] * row["tokens_per_s"] / 1e12
+    row["mfu"] = row["model_tflops"] / ceiling["tflops"]
+    if datasheet_tflops is not None:
+        row["mfu_datasheet"] = row["model_tflops"] / datasheet_tflops
+
+
 def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline: Optional[float],
                 rows: list, on_row: Callable = lambda: None):
     """Append one row per context to `rows` (calling `on_row` after each); returns the profile."""
@@ -75,13 +99,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
     for context_len in args.contexts:
         mb, ga = plan_batch(context_len, args.tokens_per_step, spec.stages, args.max_micro_batch, args.micro_batch)
         tokens = mb * ga * context_len
-        row = dict(model=spec.name, family=spec.family, params=spec.params, context_len=context_len,
-                   micro_batch=mb, grad_accum=ga, tokens_per_step=tokens,
-                   activation_checkpointing=spec.activation_checkpointing,
-                   flops_per_token=spec.flops_per_token(context_len), status="ok", step_ms=None,
-                   step_ms_all=None, tokens_per_s=None, model_tflops=None, mfu=None, mfu_datasheet=None,
-                   peak_memory_gib=None, static_memory_gib=None, loss_per_token=None,
-                   host_path="trainer" if args.trainer_host_path else "device")
+        row = new_row(spec, context_len, mb, ga, "trainer" if args.trainer_host_path else "device")
         rows.append(row)
         if oom_at is not None and context_len >= oom_at[0] and mb * context_len >= oom_at[1]:
             row["status"] = f"OOM (skipped: OOM at context {oom_at[0]} with no more tokens per micro-batch)"
@@ -110,12 +128,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             row["loss_per_token"] = float(losses[-1]) / tokens
             if on_cuda:
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            step_s = statistics.median(seconds)
-            row.update(step_ms=1e3 * step_s, step_ms_all=[1e3 * s for s in seconds], tokens_per_s=tokens / step_s)
-            row["model_tflops"] = row["flops_per_token"] * row["tokens_per_s"] / 1e12
-            row["mfu"] = row["model_tflops"] / ceiling["tflops"]
-            if on_cuda:
-                row["mfu_datasheet"] = row["model_tflops"] / args.datasheet_tflops
+            record_throughput(row, seconds, ceiling, args.datasheet_tflops if on_cuda else None)
             if args.profile and context_len == args.profile_context and profile is None:
                 with labelled_mlstm_cell():
                     profile = profile_step(step, engine.device)
