@@ -21,6 +21,7 @@ in matmul / other; on CUDA the Triton backward is one autograd node and is found
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 
 OPTIMIZER_RANGE = "bench/optimizer_step"
@@ -116,6 +117,23 @@ def summarize(events, on_cuda: bool, top: int = 15) -> dict:
         "host_phases_ms": {name.split("/")[-1]: ms for name, ms in phases.items()},
         "top_ops": [{"op": name, "ms": ms, "category": category} for (name, category), ms in ops],
     }
+
+
+def profile_step(step, device) -> dict:
+    """`summarize` of one call of `step` under torch.profiler, with its wall time as step_ms."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_ms = 1e3 * (time.perf_counter() - start)
+    summary = summarize(prof.events(), on_cuda=device.type == "cuda")
+    summary["step_ms"] = wall_ms
+    return summary
 
 
 @contextlib.contextmanager

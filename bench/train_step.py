@@ -30,25 +30,30 @@ at the same or larger micro-batch tokens are skipped as OOM).
 Model names: a run config configs/<name>.yaml (prot_xlstm_102m, prot_xlstm_26m), a model preset
 configs/models/<name>.yaml (protein_tiny), or transformer_<x>: the Transformer++ matched in
 parameter count to prot_xlstm_<x> (transformer_102m) or to the model <x>.
+
+This file is the command line and the loop over contexts; the models and their batches are in
+bench/step_models.py, the engine and the step in bench/step_engine.py, the timers in
+bench/step_timing.py, the profile in bench/step_profile.py, the report in bench/step_report.py.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.step_engine import (  # noqa: E402
+    build_bench_engine, is_out_of_memory, make_step, release_engine, single_process_parallel, synthetic_batches,
+)
+from bench.step_models import ModelSpec, plan_batch, resolve_model  # noqa: E402
+from bench.step_report import environment, format_markdown, row_summary, write_atomic  # noqa: E402
+from bench.step_timing import measure_matmul_ceiling, time_calls  # noqa: E402
 
 DEFAULT_MODELS = "prot_xlstm_102m,transformer_102m,prot_xlstm_26m"
 DEFAULT_CONTEXTS = "2048,8192,32768,65536,131072,262144"
@@ -58,211 +63,26 @@ GPU_CEILING_SIZES = (4096, 8192, 16384)
 CPU_CEILING_SIZES = (256,)
 
 
-# ------------------------------------------------------------------------------ models
-@dataclass
-class ModelSpec:
-    """What the bench needs to know of one model, whatever its family."""
-
-    name: str
-    family: str                                   # "xlstm" | "transformer"
-    description: str
-    params: int
-    build: Callable                               # () -> nn.Module
-    flops_per_token: Callable                     # context_len -> training FLOPs per token
-    activation_checkpointing: bool
-    stages: dict = field(default_factory=dict)    # context_len -> (micro_batch, grad_accum)
-    vocab_size: int = 38
-    tie_embeddings: bool = False
-    matched_to: Optional[str] = None
+# ------------------------------------------------------------------------------ one model
+def new_row(spec: ModelSpec, context_len: int, micro_batch: int, grad_accum: int, host_path: str) -> dict:
+    """A result row before measuring: the plan, and None for every number not measured yet."""
+    return dict(model=spec.name, family=spec.family, params=spec.params, context_len=context_len,
+                micro_batch=micro_batch, grad_accum=grad_accum, tokens_per_step=micro_batch * grad_accum * context_len,
+                activation_checkpointing=spec.activation_checkpointing,
+                flops_per_token=spec.flops_per_token(context_len), status="ok", step_ms=None,
+                step_ms_all=None, tokens_per_s=None, model_tflops=None, mfu=None, mfu_datasheet=None,
+                peak_memory_gib=None, static_memory_gib=None, loss_per_token=None, host_path=host_path)
 
 
-class BenchUsageError(ValueError):
-    """A benchmark option that cannot work (unknown model, bad context list)."""
-
-    user_facing = True
-
-
-def _xlstm_spec(name: str, ac_mode: str) -> ModelSpec:
-    import torch
-
-    from modeling import build_model, flops_per_token, load_model_config
-
-    run_config = REPO / "configs" / f"{name}.yaml"
-    stages, checkpointing = {}, False
-    if run_config.is_file():
-        from pretrain.config import load_run_config
-
-        cfg = load_run_config(run_config)
-        model_cfg, checkpointing = cfg.model, cfg.train.activation_checkpointing
-        ga = cfg.train.grad_accum
-        stages = {s.context_len: (s.micro_batch_size, s.grad_accum or ga) for s in cfg.curriculum.stages}
-    elif name.endswith(".yaml") or (REPO / "configs" / "models" / f"{name}.yaml").is_file():
-        model_cfg = load_model_config(name)
-    else:
-        known = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
-        known += sorted(p.stem for p in (REPO / "configs" / "models").glob("*.yaml"))
-        raise BenchUsageError(f"--models: unknown model {name!r}; use a run config or model preset name "
-                              f"({', '.join(known)}) or transformer_<one of them>")
-    if ac_mode != "config":
-        checkpointing = ac_mode == "on"
-    with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(model_cfg).parameters())
-    description = (f"xLSTM d {model_cfg.d_model}, {model_cfg.num_blocks} blocks, {model_cfg.num_heads} heads of "
-                   f"{model_cfg.inner_dim // model_cfg.num_heads}, chunk {model_cfg.chunk_size}")
-    return ModelSpec(name, "xlstm", description, params, lambda: build_model(model_cfg),
-                     lambda S: flops_per_token(model_cfg, S), checkpointing, stages, model_cfg.vocab_size,
-                     model_cfg.tie_embeddings)
-
-
-def _transformer_spec(name: str, ac_mode: str) -> ModelSpec:
-    from bench.transformer_baseline import build_transformer, flops_per_token, match_parameter_count, parameter_count
-
-    suffix = name[len("transformer_"):]
-    candidates = [f"prot_xlstm_{suffix}", suffix]
-    target_name = next((c for c in candidates if (REPO / "configs" / f"{c}.yaml").is_file()
-                        or (REPO / "configs" / "models" / f"{c}.yaml").is_file()), suffix)
-    target = _xlstm_spec(target_name, ac_mode)
-    cfg = match_parameter_count(target.params, target.vocab_size, tie_embeddings=target.tie_embeddings)
-    return ModelSpec(name, "transformer", cfg.describe(), parameter_count(cfg), lambda: build_transformer(cfg),
-                     lambda S: flops_per_token(cfg, S), target.activation_checkpointing, target.stages,
-                     cfg.vocab_size, cfg.tie_embeddings, matched_to=target_name)
-
-
-def resolve_model(name: str, ac_mode: str = "config") -> ModelSpec:
-    if name.startswith("transformer_"):
-        return _transformer_spec(name, ac_mode)
-    return _xlstm_spec(name, ac_mode)
-
-
-def plan_batch(context_len: int, tokens_per_step: int, stages: dict, max_micro_batch: int,
-               micro_batch: Optional[int] = None) -> tuple[int, int]:
-    """(micro_batch, grad_accum) holding tokens per step constant (at least one sequence)."""
-    if micro_batch is None and context_len in stages:
-        mb, ga = stages[context_len]
-        if mb * ga * context_len == tokens_per_step:
-            return mb, ga
-    sequences = max(1, tokens_per_step // context_len)
-    mb = micro_batch or min(max_micro_batch, sequences)
-    return mb, max(1, sequences // mb)
-
-
-# ------------------------------------------------------------------------------ measuring
-def measure_matmul_ceiling(device, dtype, sizes, reps: int) -> dict:
-    """Best TFLOP/s of square matmuls (2 n^3 FLOPs each) on this device, in this process."""
-    import torch
-
-    best = {"tflops": 0.0, "size": None, "dtype": str(dtype).replace("torch.", "")}
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        seconds = _time_calls(lambda: a @ b, reps, device)
-        tflops = 2 * n ** 3 / statistics.median(seconds) / 1e12
-        if tflops > best["tflops"]:
-            best.update(tflops=tflops, size=n)
-        del a, b
-    return best
-
-
-def _time_calls(fn, reps: int, device) -> list[float]:
-    """Seconds per call; on CUDA from events, synchronising only before and after the calls."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
-        events[0].record()
-        for index in range(reps):
-            fn()
-            events[index + 1].record()
-        torch.cuda.synchronize(device)
-        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(reps)]
-    seconds = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def synthetic_batches(vocab_size: int, micro_batch: int, grad_accum: int, context_len: int, device, seed: int):
-    """grad_accum micro-batches of random tokens and their next-token labels, on `device`."""
-    import torch
-
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    batches = []
-    for _ in range(grad_accum):
-        ids = torch.randint(0, vocab_size, (micro_batch, context_len), generator=generator)
-        labels = torch.roll(ids, -1, dims=1)
-        labels[:, -1] = -100
-        batches.append((ids.to(device), labels.to(device)))
-    return batches
-
-
-def make_step(engine, batches, tokens: int, trainer_host_path: bool = False):
-    """One optimizer step as the trainer does it; returns the summed loss tensor.
-
-    By default nothing waits for the device inside the step. With `trainer_host_path` the step
-    also does what pretrain/train.py does on the host around the engine: batches start in host
-    memory and are copied per micro-batch, loss tokens are counted on the host, the loss is
-    summed on the device and read with the gradient norm at the step's end (each read waits for
-    the device)."""
-    import torch
-
-    from bench.step_profile import BACKWARD_RANGE, FORWARD_RANGE, OPTIMIZER_RANGE
-    from pretrain.engine import summed_token_loss
-
-    scale = 1.0 / tokens
-    device = engine.device
-    host_reads = {}                                    # the trainer path's last loss and grad norm
-
-    def step():
-        total = None
-        host_loss = torch.zeros((), dtype=torch.float64, device=device)
-        if trainer_host_path:
-            loss_tokens = sum(int((labels != -100).sum()) for _, labels in batches)
-        for index, (ids, labels) in enumerate(batches):
-            engine.set_gradient_accumulation_boundary(index == len(batches) - 1)
-            if trainer_host_path:
-                ids, labels = ids.to(device), labels.to(device)
-            with torch.profiler.record_function(FORWARD_RANGE):
-                loss = summed_token_loss(engine(ids), labels)
-            with torch.profiler.record_function(BACKWARD_RANGE):
-                engine.backward(loss * scale, scale_wrt_gas=False)
-            total = loss.detach() if total is None else total + loss.detach()
-            if trainer_host_path:
-                host_loss += loss.detach().double()
-        with torch.profiler.record_function(OPTIMIZER_RANGE):
-            engine.step()
-        if trainer_host_path:
-            grad_norm = engine.get_global_grad_norm()
-            host_reads.update(loss=float(host_loss) / loss_tokens,
-                              grad_norm=None if grad_norm is None else float(grad_norm))
-        return total
-    return step
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def build_bench_engine(spec: ModelSpec, args, parallel, micro_batch: int, grad_accum: int, device):
-    import torch
-
-    from pretrain.config import TrainConfig
-    from pretrain.engine import build_engine
-
-    train_cfg = TrainConfig(zero_stage=args.zero_stage, activation_checkpointing=spec.activation_checkpointing,
-                            dtype="auto", lr=6e-4, betas=[0.9, 0.95], weight_decay=0.1, grad_clip=1.0)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = spec.build()
-    engine, _ = build_engine(model, train_cfg, parallel, micro_batch, grad_accum)
-    engine.train()
-    return engine
+def record_throughput(row: dict, seconds: list[float], ceiling: dict, datasheet_tflops: Optional[float]) -> None:
+    """Step time (median), tokens/s, model TFLOP/s and MFU from the timed steps' seconds."""
+    step_s = statistics.median(seconds)
+    row.update(step_ms=1e3 * step_s, step_ms_all=[1e3 * s for s in seconds],
+               tokens_per_s=row["tokens_per_step"] / step_s)
+    row["model_tflops"] = row["flops_per_token"] * row["tokens_per_s"] / 1e12
+    row["mfu"] = row["model_tflops"] / ceiling["tflops"]
+    if datasheet_tflops is not None:
+        row["mfu_datasheet"] = row["model_tflops"] / datasheet_tflops
 
 
 def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline: Optional[float],
@@ -270,7 +90,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
     """Append one row per context to `rows` (calling `on_row` after each); returns the profile."""
     import torch
 
-    from bench.step_profile import format_profile_markdown, labelled_mlstm_cell
+    from bench.step_profile import format_profile_markdown, labelled_mlstm_cell, profile_step
     from pretrain.engine import set_stage_batch
 
     on_cuda = device.type == "cuda"
@@ -279,13 +99,7 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
     for context_len in args.contexts:
         mb, ga = plan_batch(context_len, args.tokens_per_step, spec.stages, args.max_micro_batch, args.micro_batch)
         tokens = mb * ga * context_len
-        row = dict(model=spec.name, family=spec.family, params=spec.params, context_len=context_len,
-                   micro_batch=mb, grad_accum=ga, tokens_per_step=tokens,
-                   activation_checkpointing=spec.activation_checkpointing,
-                   flops_per_token=spec.flops_per_token(context_len), status="ok", step_ms=None,
-                   step_ms_all=None, tokens_per_s=None, model_tflops=None, mfu=None, mfu_datasheet=None,
-                   peak_memory_gib=None, static_memory_gib=None, loss_per_token=None,
-                   host_path="trainer" if args.trainer_host_path else "device")
+        row = new_row(spec, context_len, mb, ga, "trainer" if args.trainer_host_path else "device")
         rows.append(row)
         if oom_at is not None and context_len >= oom_at[0] and mb * context_len >= oom_at[1]:
             row["status"] = f"OOM (skipped: OOM at context {oom_at[0]} with no more tokens per micro-batch)"
@@ -310,19 +124,14 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             for _ in range(args.warmup):
                 step()
             losses = []
-            seconds = _time_calls(lambda: losses.append(step()), args.steps, engine.device)
+            seconds = time_calls(lambda: losses.append(step()), args.steps, engine.device)
             row["loss_per_token"] = float(losses[-1]) / tokens
             if on_cuda:
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            step_s = statistics.median(seconds)
-            row.update(step_ms=1e3 * step_s, step_ms_all=[1e3 * s for s in seconds], tokens_per_s=tokens / step_s)
-            row["model_tflops"] = row["flops_per_token"] * row["tokens_per_s"] / 1e12
-            row["mfu"] = row["model_tflops"] / ceiling["tflops"]
-            if on_cuda:
-                row["mfu_datasheet"] = row["model_tflops"] / args.datasheet_tflops
+            record_throughput(row, seconds, ceiling, args.datasheet_tflops if on_cuda else None)
             if args.profile and context_len == args.profile_context and profile is None:
                 with labelled_mlstm_cell():
-                    profile = _profile_step(step, engine.device)
+                    profile = profile_step(step, engine.device)
                 profile["markdown"] = format_profile_markdown(spec.name, context_len, profile, profile.get("step_ms"))
         except Exception as error:  # noqa: BLE001 - one failing context is recorded, the rest go on
             if not is_out_of_memory(error):
@@ -335,177 +144,10 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
             engine = release_engine(engine)            # rebuilt for the next context
         finally:
             batches = step = None
-        print(f"[train_step]   -> {_row_summary(row)}", flush=True)
+        print(f"[train_step]   -> {row_summary(row)}", flush=True)
         on_row()
     release_engine(engine)                             # the next model's peak memory starts clean
     return profile
-
-
-def release_engine(engine) -> None:
-    """Drop an engine and give its memory back (DeepSpeed's hooks hold references to it)."""
-    import torch
-
-    if engine is not None and hasattr(engine, "destroy"):
-        try:
-            engine.destroy()
-        except Exception as error:  # noqa: BLE001 - best effort after an OOM
-            print(f"[train_step] engine.destroy() failed: {type(error).__name__}: {error}", flush=True)
-    del engine
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _profile_step(step, device) -> dict:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from bench.step_profile import summarize
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall_ms = 1e3 * (time.perf_counter() - start)
-    summary = summarize(prof.events(), on_cuda=device.type == "cuda")
-    summary["step_ms"] = wall_ms
-    return summary
-
-
-def _row_summary(row: dict) -> str:
-    if row["status"] != "ok":
-        return row["status"]
-    memory = f", peak {row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] is not None else ""
-    return (f"{row['step_ms']:.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, {row['model_tflops']:.2f} TFLOP/s, "
-            f"MFU {100 * row['mfu']:.1f}%{memory}")
-
-
-# ------------------------------------------------------------------------------ output
-def environment(device, ceiling: dict, args) -> dict:
-    import deepspeed
-    import torch
-
-    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-                torch=torch.__version__, cuda=torch.version.cuda, deepspeed=deepspeed.__version__,
-                python=platform.python_version(), git_commit=_git_commit(),
-                dtype="bf16" if device.type == "cuda" else "fp32", zero_stage=args.zero_stage,
-                tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup,
-                host_path="trainer" if args.trainer_host_path else "device",
-                matmul_ceiling_tflops=ceiling["tflops"], matmul_ceiling_size=ceiling["size"],
-                matmul_ceiling_dtype=ceiling["dtype"],
-                datasheet_tflops=args.datasheet_tflops if device.type == "cuda" else None)
-    try:
-        import triton
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
-    if device.type == "cuda":
-        meta["device_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
-    return meta
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["| model | params | context | micro-batch x accum | step ms | tokens/s | model TFLOP/s | "
-             "MFU (measured) | MFU (datasheet) | peak GiB | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['context_len']} | {r['micro_batch']} x {r['grad_accum']} "
-            f"| {_fmt(r['step_ms'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['model_tflops'], '.2f')} "
-            f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] is not None else ''} "
-            f"| {_fmt(r['mfu_datasheet'] and 100 * r['mfu_datasheet'], '.1f')}{'%' if r['mfu_datasheet'] is not None else ''} "
-            f"| {_fmt(r['peak_memory_gib'], '.2f')} | {r['status']} |")
-    return "\n".join(lines)
-
-
-def comparisons(rows: list[dict], specs: dict) -> list[str]:
-    """The issue's target quantities, for every xLSTM model (targets quoted for H100, 102M, bf16):
-    MFU up to 2^15, tokens/s at the longest vs the shortest context, speedup over the matched
-    baseline per context, and how peak memory grows with the context at micro-batch 1."""
-    ok = {(r["model"], r["context_len"]): r for r in rows if r["status"] == "ok"}
-    lines = []
-    for name, spec in specs.items():
-        if spec.family != "xlstm":
-            continue
-        measured = sorted(c for (m, c) in ok if m == name)
-        short = [c for c in measured if c <= 2 ** 15]
-        if short and ok[(name, short[0])]["mfu"] is not None:
-            mfus = ", ".join(f"{c}: {100 * ok[(name, c)]['mfu']:.1f}%" for c in short)
-            lines.append(f"- {name}: MFU (measured ceiling) {mfus} (target >= 40% at 2^11..2^15)")
-        if len(measured) >= 2:
-            first, last = ok[(name, measured[0])], ok[(name, measured[-1])]
-            lines.append(f"- {name}: tokens/s at context {last['context_len']} / at {first['context_len']} = "
-                         f"{last['tokens_per_s'] / first['tokens_per_s']:.2f} (target at 2^17 / 2^11: >= 0.77, "
-                         f"i.e. within 1.3x)")
-        for other, other_spec in specs.items():
-            if other_spec.matched_to != name:
-                continue
-            parts = [f"{c}: {ok[(name, c)]['tokens_per_s'] / ok[(other, c)]['tokens_per_s']:.2f}x"
-                     for c in measured if (other, c) in ok]
-            if parts:
-                lines.append(f"- {name} vs {other}, tokens/s ratio by context: " + ", ".join(parts)
-                             + " (target > 1 from 2^13, > 5 at 2^17)")
-        single = [c for c in measured if ok[(name, c)]["micro_batch"] == 1 and ok[(name, c)]["peak_memory_gib"]]
-        if single:
-            parts, previous = [], None
-            for c in single:
-                row = ok[(name, c)]
-                above = row["peak_memory_gib"] - (row["static_memory_gib"] or 0.0)
-                growth = f", x{above / previous:.2f}" if previous else ""
-                parts.append(f"{c}: {row['peak_memory_gib']:.1f} GiB ({above:.1f} above static{growth})")
-                previous = above
-            lines.append(f"- {name}: peak memory at micro-batch 1: " + "; ".join(parts)
-                         + " (linear in S: x2 per doubling)")
-    return lines
-
-
-def format_markdown(meta: dict, rows: list[dict], specs: dict, profiles: dict) -> str:
-    lines = ["# Training step benchmark", "",
-             f"{meta['date']} on {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}), triton "
-             f"{meta['triton']}, deepspeed {meta['deepspeed']}, commit {meta['git_commit']}.",
-             f"{meta['dtype']}, ZeRO {meta['zero_stage']}, {meta['tokens_per_step']} tokens per step held "
-             f"constant (at least one sequence), median of {meta['steps']} steps after {meta['warmup']} warm-up; "
-             + ("batches copied from the host and losses read back per micro-batch as pretrain/train.py does."
-                if meta["host_path"] == "trainer" else "batches already on the device, no host sync inside a step."),
-             f"Matmul ceiling measured here: {meta['matmul_ceiling_tflops']:.1f} TFLOP/s ({meta['matmul_ceiling_dtype']} "
-             f"{meta['matmul_ceiling_size']}^2)" + (f"; datasheet {meta['datasheet_tflops']:.0f} TFLOP/s."
-                                                   if meta["datasheet_tflops"] else "."), ""]
-    for spec in specs.values():
-        matched = f", matched to {spec.matched_to}" if spec.matched_to else ""
-        lines.append(f"- {spec.name}: {spec.description}, {spec.params:,} parameters{matched}, activation "
-                     f"checkpointing {'on' if spec.activation_checkpointing else 'off'}")
-    lines += ["", format_table(rows), ""]
-    summary = comparisons(rows, specs)
-    if summary:
-        lines += ["Comparisons:", ""] + summary + [""]
-    if profiles:
-        lines += ["### Profiles", "", "Batches are synthetic and already on the device: data loading costs "
-                  "nothing here (see bench/data_pipeline.py).", ""]
-        for profile in profiles.values():
-            lines += [profile["markdown"], ""]
-    return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ entry
@@ -615,31 +257,6 @@ def main(argv=None) -> int:
     if out is not None:
         print(f"[train_step] wrote {out} and {out.with_suffix('.md')} in {meta['elapsed_s']:.0f} s")
     return 0
-
-
-def single_process_parallel():
-    """`pretrain.parallel.initialize_parallel(1)`; without megatron-core (a bare GPU machine), a
-    one-process group and no mpu, which is all DeepSpeed needs on one rank (ZeRO 0-2)."""
-    try:
-        import megatron.core  # noqa: F401
-    except ImportError:
-        import socket
-        from types import SimpleNamespace
-
-        import torch
-        import torch.distributed as dist
-
-        print("[train_step] megatron-core not installed: one process group without an mpu", flush=True)
-        if not dist.is_initialized():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                    init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-        return SimpleNamespace(dp_size=1, mpu=None, prepare_model_for_deepspeed=lambda model, ds_config: model)
-    from pretrain.parallel import initialize_parallel
-
-    return initialize_parallel(1)
 
 
 if __name__ == "__main__":

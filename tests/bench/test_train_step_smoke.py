@@ -227,7 +227,8 @@ def test_profile_categories(chain, kernel, expected):
 
 
 def test_comparisons_report_the_issue_targets():
-    from bench.train_step import ModelSpec, comparisons
+    from bench.step_models import ModelSpec
+    from bench.step_report import comparisons
 
     def spec(name, family, matched_to=None):
         return ModelSpec(name, family, "", 1, None, None, True, matched_to=matched_to)
