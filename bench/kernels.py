@@ -253,16 +253,14 @@ def format_table(rows, passes_list):
 
 
 def write_json(path, meta, rows, force):
-    """Write atomically (temp file, then rename) so an interrupted run leaves no half file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(dict(meta=meta, results=rows), handle, indent=2)
+    """Write atomically (bench.step_report.write_atomic) so an interrupted run leaves no half file."""
+    from pathlib import Path
+
+    from bench.step_report import write_atomic
+
     if os.path.exists(path) and not force:
-        os.remove(tmp)
         raise SystemExit(f"--out {path} exists; pass --force to replace it or choose another path")
-    os.replace(tmp, path)
+    write_atomic(Path(path), json.dumps(dict(meta=meta, results=rows), indent=2))
 
 
 def main(argv=None):

@@ -28,6 +28,7 @@ OPTIMIZER_RANGE = "bench/optimizer_step"
 FORWARD_RANGE = "bench/forward"
 BACKWARD_RANGE = "bench/backward"
 MLSTM_RANGE = "bench/mlstm_cell"
+CONV_RANGE = "bench/causal_conv"          # the conv of packed rows is elementwise ops, not aten conv
 CATEGORIES = ("mLSTM kernels", "attention", "matmul projections", "norms", "conv", "loss", "optimizer",
               "communication", "other")
 
@@ -39,6 +40,7 @@ _CONTAINER_PATTERNS = (
                        "_chunk_state_grads_kernel", "_chunk_dqk_kernel", "_chunk_dv_kernel")),
     ("attention", ("scaled_dot_product", "flash_attention", "flash_fwd", "flash_bwd", "fmha",
                    "efficient_attention", "cudnn_attention")),
+    ("conv", (CONV_RANGE,)),
 )
 # Matched on the kernel name and the innermost run of aten ops (leaves).
 _LEAF_PATTERNS = (
@@ -138,26 +140,32 @@ def profile_step(step, device) -> dict:
 
 @contextlib.contextmanager
 def labelled_mlstm_cell():
-    """Put every call of `kernels.mlstm_chunkwise` under the MLSTM_RANGE profiler range.
+    """Put every call of `kernels.mlstm_chunkwise` under the MLSTM_RANGE profiler range, and
+    every causal conv under CONV_RANGE.
 
     The mLSTM block looks the function up in `kernels` at call time, so replacing the module
     attribute for the duration of the profiled step labels exactly the cell (also when it is
-    recomputed by activation checkpointing)."""
+    recomputed by activation checkpointing); the conv's forward is replaced on its class."""
     import torch
 
     import kernels
+    from modeling.layers import CausalDepthwiseConv
 
-    original = kernels.mlstm_chunkwise
+    original, conv_forward = kernels.mlstm_chunkwise, CausalDepthwiseConv.forward
 
     def labelled(*args, **kwargs):
         with torch.profiler.record_function(MLSTM_RANGE):
             return original(*args, **kwargs)
 
-    kernels.mlstm_chunkwise = labelled
+    def labelled_conv(self, *args, **kwargs):
+        with torch.profiler.record_function(CONV_RANGE):
+            return conv_forward(self, *args, **kwargs)
+
+    kernels.mlstm_chunkwise, CausalDepthwiseConv.forward = labelled, labelled_conv
     try:
         yield
     finally:
-        kernels.mlstm_chunkwise = original
+        kernels.mlstm_chunkwise, CausalDepthwiseConv.forward = original, conv_forward
 
 
 def format_profile_markdown(name: str, context_len: int, summary: dict, step_ms: float | None) -> str:

@@ -36,7 +36,7 @@ def environment(device, ceiling: dict, args) -> dict:
                 python=platform.python_version(), git_commit=_git_commit(),
                 dtype="bf16" if device.type == "cuda" else "fp32", zero_stage=args.zero_stage,
                 tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup,
-                host_path="trainer" if args.trainer_host_path else "device",
+                host_path="trainer" if args.trainer_host_path else "device", document_len=args.document_len,
                 matmul_ceiling_tflops=ceiling["tflops"], matmul_ceiling_size=ceiling["size"],
                 matmul_ceiling_dtype=ceiling["dtype"],
                 datasheet_tflops=args.datasheet_tflops if device.type == "cuda" else None)
@@ -123,8 +123,10 @@ def format_markdown(meta: dict, rows: list[dict], specs: dict, profiles: dict) -
              f"{meta['triton']}, deepspeed {meta['deepspeed']}, commit {meta['git_commit']}.",
              f"{meta['dtype']}, ZeRO {meta['zero_stage']}, {meta['tokens_per_step']} tokens per step held "
              f"constant (at least one sequence), median of {meta['steps']} steps after {meta['warmup']} warm-up; "
-             + ("batches copied from the host and losses read back per micro-batch as pretrain/train.py does."
-                if meta["host_path"] == "trainer" else "batches already on the device, no host sync inside a step."),
+             + ("batches copied from the host, loss and grad norm read once per step as pretrain/train.py does."
+                if meta["host_path"] == "trainer" else "batches already on the device, no host sync inside a step.")
+             + (f" xLSTM rows packed with documents of {meta['document_len']} tokens (state resets)."
+                if meta.get("document_len") else " xLSTM rows hold one document each."),
              f"Matmul ceiling measured here: {meta['matmul_ceiling_tflops']:.1f} TFLOP/s ({meta['matmul_ceiling_dtype']} "
              f"{meta['matmul_ceiling_size']}^2)" + (f"; datasheet {meta['datasheet_tflops']:.0f} TFLOP/s."
                                                    if meta["datasheet_tflops"] else "."), ""]

@@ -115,8 +115,9 @@ def bench_model(spec: ModelSpec, args, parallel, device, ceiling: dict, deadline
                 engine = build_bench_engine(spec, args, parallel, mb, ga, device)
             set_stage_batch(engine, mb, ga, parallel.dp_size)
             batches = synthetic_batches(spec.vocab_size, mb, ga, context_len,
-                                        "cpu" if args.trainer_host_path else engine.device, seed=context_len)
-            step = make_step(engine, batches, tokens, args.trainer_host_path)
+                                        "cpu" if args.trainer_host_path else engine.device, seed=context_len,
+                                        document_len=args.document_len)
+            step = make_step(engine, batches, tokens, args.trainer_host_path, model_inputs=spec.family == "xlstm")
             if on_cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -179,8 +180,13 @@ def parse_args(argv=None):
                                                             "seconds (recorded as skipped)")
     parser.add_argument("--trainer-host-path", action="store_true",
                         help="also do pretrain/train.py's host work in the step: batches copied from host "
-                             "memory per micro-batch, loss copied to the host per micro-batch (a sync), "
-                             "loss and grad norm read per step; compare with a default run to see their cost")
+                             "memory per micro-batch, loss tokens counted on the host, loss and grad norm "
+                             "read once per step; compare with a default run to see their cost")
+    parser.add_argument("--document-len", type=int, default=1536, metavar="N",
+                        help="xLSTM rows are packed with documents of N tokens, with the position ids and "
+                             "document starts (state resets) the trainer passes (default 1536, about a "
+                             "homology cluster at 2^11; 0 = one document per row, still with its start); "
+                             "the Transformer baseline gets the ids only")
     parser.add_argument("--raise-errors", action="store_true", help="stop at a non-OOM error instead of recording it")
     parser.add_argument("--out", help="write JSON here and a Markdown table next to it (.md)")
     parser.add_argument("--force", action="store_true", help="allow --out to replace existing files")

@@ -248,7 +248,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ensure_process_group(backend: Optional[str], timeout_s: Optional[float]) -> None:
+def ensure_process_group(backend: Optional[str], timeout_s: Optional[float]) -> None:
     """Join the default process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, or
     make a one-process group when those are unset (so single-process runs use the same path).
 
@@ -278,7 +278,7 @@ def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] =
                         collective_timeout_s: Optional[float] = None) -> ParallelContext:
     """Set up (or reuse) the data x context parallel groups and return this rank's view.
 
-    Joins the default process group if needed (see `_ensure_process_group`). Calling again with
+    Joins the default process group if needed (see `ensure_process_group`). Calling again with
     another context_parallel_size (a curriculum stage that grows CP) rebuilds the groups.
     `collective_timeout_s` (train.collective_timeout_s) applies to the default group and to the
     data / context groups, where the training step's collectives run.
@@ -290,7 +290,7 @@ def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] =
     if collective_timeout_s is not None and not collective_timeout_s > 0:
         raise ParallelConfigError(f"collective timeout {collective_timeout_s!r} s: must be > 0 "
                                   "(train.collective_timeout_s)")
-    _ensure_process_group(backend, collective_timeout_s)
+    ensure_process_group(backend, collective_timeout_s)
     world_size = dist.get_world_size()
     if world_size % context_parallel_size != 0:
         raise ParallelConfigError(
