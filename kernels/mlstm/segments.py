@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kernels.errors import KernelInputError
 from kernels.mlstm.resets import document_index, per_head, reset_kwargs
+from kernels.mlstm.weighted_state import weighted_state_sum
 
 NEG_INF = float("-inf")
 
@@ -61,8 +62,7 @@ def segment_summary(k, v, i, f, resets=None) -> SegmentSummary:
     long S, and never cross a reset.
     """
     dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
-    k, v, i, f = (x.to(dtype) for x in (k, v, i, f))
-    k = k / math.sqrt(k.shape[-1])
+    i, f = i.to(dtype), f.to(dtype)                    # k, v stay as given (weighted_state_sum)
     log_f = F.logsigmoid(f)
     suffix_inclusive = torch.flip(torch.cumsum(torch.flip(log_f, [-1]), -1), [-1])
     suffix_after = torch.cat([suffix_inclusive[..., 1:], torch.zeros_like(log_f[..., :1])], dim=-1)
@@ -81,9 +81,7 @@ def segment_summary(k, v, i, f, resets=None) -> SegmentSummary:
         m = torch.where(has_reset, torch.maximum(m, fresh.detach()), m)
         total = total.masked_fill(has_reset, NEG_INF)
     weights = exp_from(log_w, m[..., None])
-    weighted_k = k * weights[..., None]
-    C = weighted_k.transpose(-1, -2) @ v
-    n = weighted_k.sum(dim=-2)
+    C, n = weighted_state_sum(k, v, weights, 1.0 / math.sqrt(k.shape[-1]))
     return SegmentSummary(total, C, n, m)
 
 
