@@ -62,7 +62,7 @@ VARIANTS = {
 }
 # packed rows (document_starts): the same forms with documents that begin inside a slice, exactly
 # at a slice edge, several in one chunk, and one of length 1; compared with the packed single
-# rank, which tests/modeling/test_packing.py proves equal to every document run alone
+# rank, which tests/modeling/test_document_resets.py proves equal to every document run alone
 PACKED = ("causal_lm", "sequence_index", "official_weight_tied", "official_alternating", "rc_param_sharing")
 VARIANTS.update({f"packed_{name}": VARIANTS[name] for name in PACKED})
 

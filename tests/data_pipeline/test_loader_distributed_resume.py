@@ -59,7 +59,7 @@ def test_two_ranks_two_workers_see_every_sample_once_per_epoch(demo_builds, tmp_
                                                 ("molecules", "clm")])
 def test_resume_in_fresh_process_reproduces_rest_of_stream(modality, objective, demo_builds, tmp_path):
     cfg = DataConfig(modality=modality, shards=str(demo_builds[modality]), objective=objective,
-                     num_workers=3, seed=11, packing=False)     # packed resume: test_packing.py
+                     num_workers=3, seed=11, packing=False)     # packed resume: test_packed_loader.py
     args = dict(split="train", context_len=64, micro_batch_size=3, dp_rank=1, dp_size=2, seed=2)
     loader = build_loader(cfg, **args)
     stop = len(loader) - 2  # stop two batches before the epoch ends: the resumed run crosses it
