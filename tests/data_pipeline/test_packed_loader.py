@@ -173,3 +173,37 @@ def test_packed_and_unpacked_states_do_not_mix_and_damage_is_named(demo_builds):
         DataConfig(modality="protein", shards="x", packing="yes").validate()
     with pytest.raises(TypeError, match="packed loader has no fixed number"):
         len(packed)
+
+
+def test_packed_rows_skip_damaged_samples_count_them_and_refuse_an_unreadable_split(demo_builds, tmp_path):
+    """data.on_corrupt=skip: a packed row goes on with the next document past a damaged sample,
+    every skipped one is counted, rows stay full; a split of which nothing is readable is one
+    clear error, not an endless loop."""
+    import shutil
+    import warnings
+
+    damaged = tmp_path / "half"
+    shutil.copytree(demo_builds["protein"], damaged)
+    for shard in damaged.glob("train-*.tar"):                 # every shard cut to half its length
+        shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    cfg = DataConfig(modality="protein", shards=str(damaged), num_workers=1, on_corrupt="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = build_loader(cfg, "train", 2048, 1)
+        documents = []
+        for _, batch in zip(range(40), loader):
+            assert not (batch["input_ids"] == loader.tokenizer.pad_id).any()     # full rows
+            documents += _keys(loader.last_batch_keys[0])
+    assert loader.worker_epochs == [0]
+    assert loader.skipped_samples > 0                         # every item consumed: a document or a skip
+    assert loader.skipped_samples == loader.worker_cursors[0] - len(documents)
+
+    unreadable = tmp_path / "empty"
+    shutil.copytree(demo_builds["protein"], unreadable)
+    for shard in unreadable.glob("train-*.tar"):
+        shard.write_bytes(shard.read_bytes()[:512])            # the first tar header only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = build_loader(dataclasses.replace(cfg, shards=str(unreadable)), "train", 2048, 1)
+        with pytest.raises(ConfigError, match="no readable sample"):
+            next(iter(loader))
