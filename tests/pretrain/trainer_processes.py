@@ -52,22 +52,26 @@ def start_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") 
 
 
 def wait_all(procs: list, log_dir: Path, timeout: float = TIMEOUT_S) -> list:
-    """Exit codes; when one rank dies the others (stuck in a collective) are killed."""
+    """Each rank's own exit code, once every rank has exited; a rank still running at `timeout`
+    is a hang: every rank is killed and the test fails with the logs.
+
+    A rank whose peer failed is never killed early: the trainer makes it fail by itself (the
+    peer's closed connection fails its next collective at once; train.collective_timeout_s
+    bounds a hung peer). Killing it a fixed time after the first failure would replace the
+    code it is about to exit with (2 for a user-facing error, as its peer) by -9 whenever it
+    exits more slowly than that, which on a loaded machine it sometimes does."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             return codes
-        if any(c not in (None, 0, 75) for c in codes):
-            time.sleep(2)
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-            return [p.wait() for p in procs]
         time.sleep(0.2)
     for p in procs:
-        p.kill()
-    raise AssertionError(f"ranks did not finish in {timeout}s; logs in {log_dir}:\n{read_logs(log_dir)}")
+        if p.poll() is None:
+            p.kill()
+    codes = [p.wait() for p in procs]
+    raise AssertionError(f"ranks did not finish in {timeout}s (exit codes after kill: {codes}); logs in "
+                         f"{log_dir}:\n{read_logs(log_dir)}")
 
 
 def run_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") -> list:
