@@ -4,6 +4,8 @@ Both ranks run the real trainer entry with a user-facing error (a missing config
 line, exit 2, as through `bioxlstm train`). A hook holds rank 1 at its exit until rank 0 has
 exited, then 3 s more: the interleaving a loaded machine produces now and then, made certain.
 """
+import socket
+
 import pytest
 
 from trainer_processes import ONE_LINE_ERRORS, start_ranks, wait_all
@@ -40,3 +42,14 @@ def test_a_rank_still_running_at_the_deadline_fails_the_test_and_is_killed(tmp_p
     with pytest.raises(AssertionError, match="ranks did not finish in 4s"):
         wait_all(procs, tmp_path, timeout=4)
     assert all(p.poll() is not None for p in procs)
+
+
+def test_the_rendezvous_port_is_held_from_before_the_ranks_start_until_they_are_done(tmp_path):
+    """No window between choosing the ranks' MASTER_PORT and binding it: another socket asking
+    for that port (as TCPStore binds: SO_REUSEADDR, any address) is refused while they run."""
+    procs = start_ranks(2, MISSING_CONFIG, tmp_path, preamble=hold_rank1_at_exit(0.0))
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError, match="Address already in use"):
+            other.bind(("0.0.0.0", procs.store.port))
+    assert wait_all(procs, tmp_path) == [2, 2]
