@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +21,26 @@ STOP_GRACE_S = 10.0
 POLL_S = 0.1
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+RENDEZVOUS_TIMEOUT_S = 1800.0
 
 
-def worker_environ(rank: int, nproc: int, master_port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def rendezvous_store(nproc: int, timeout_s: float = RENDEZVOUS_TIMEOUT_S):
+    """The ranks' meeting point, hosted by the launcher on a port the kernel assigns now and held
+    until the ranks are done (torchrun's agent store). Picking a free port and letting rank 0
+    bind it later, after its imports, leaves a window in which any other socket on a busy
+    machine can take it (rank 0 then fails with EADDRINUSE)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    return dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=timeout_s))
+
+
+def worker_environ(rank: int, nproc: int, master_port: int, base: dict[str, str] | None = None,
+                   agent_store: bool = False) -> dict[str, str]:
+    """The env:// rendezvous of one rank; `agent_store`: the store at MASTER_PORT is the
+    launcher's (TORCHELASTIC_USE_AGENT_STORE), so rank 0 joins it instead of binding the port."""
     environ = dict(os.environ if base is None else base)
     environ.update({
         "RANK": str(rank),
@@ -38,6 +50,10 @@ def worker_environ(rank: int, nproc: int, master_port: int, base: dict[str, str]
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(master_port),
     })
+    if agent_store:
+        environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+    else:
+        environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
     return environ
 
 
@@ -50,7 +66,8 @@ def launch_local(nproc: int, train_argv: Sequence[str], *, master_port: int | No
     """
     if nproc < 1:
         raise LaunchOptionError(f"--nproc {nproc}: need at least one process")
-    port = master_port or free_port()
+    store = None if master_port else rendezvous_store(nproc)          # alive until we return
+    port = master_port or store.port
     command = [sys.executable, "-m", worker_module, *train_argv]
     children: list[subprocess.Popen] = []
     previous = {signum: signal.getsignal(signum) for signum in (*FORWARDED_SIGNALS, signal.SIGINT)}
@@ -67,7 +84,8 @@ def launch_local(nproc: int, train_argv: Sequence[str], *, master_port: int | No
         signal.signal(signum, forward)
     try:
         for rank in range(nproc):
-            children.append(subprocess.Popen(command, env=worker_environ(rank, nproc, port),
+            children.append(subprocess.Popen(command, env=worker_environ(rank, nproc, port,
+                                                                         agent_store=store is not None),
                                              start_new_session=True))
         return _wait_all(children, tuple(clean_exit_codes))
     finally:

@@ -6,17 +6,17 @@ Layout of `<run>/checkpoints/`:
                               train_state_rank00000.pt ..., manifest.json (size + sha256 of each)
     latest                    text: the tag of the newest complete checkpoint
 
-Order of a save: every rank writes its DeepSpeed shards and its train state; the ranks agree
-that all writes succeeded; rank 0 writes the manifest, then moves `latest` (temp file +
-os.replace); the ranks agree again; then old checkpoints beyond `keep` are deleted. A crash
-anywhere before the marker moves leaves the previous checkpoint as `latest`, whole; the torn
+Order of a save: every rank writes its DeepSpeed shards and its train state and fsyncs the
+directory's files; the ranks agree that all writes succeeded; rank 0 writes the manifest, then
+moves `latest` (temp file + fsync + os.replace + fsync of the directory); the ranks agree again; then old checkpoints beyond `keep` are deleted. A crash
+anywhere before the marker moves (a node's power loss included: the data is on disk before
+the marker names it) leaves the previous checkpoint as `latest`, whole; the torn
 directory is removed when that tag is written again. A write that fails on any rank (disk
 full, quota, I/O error) makes every rank raise CheckpointWriteError; rank 0 removes the partial
 directory first, and `latest` and the previous checkpoints are untouched.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from data_pipeline.shards import sha256_file
 from pretrain.errors import CheckpointError, CheckpointWriteError
 
 LATEST_MARKER = "latest"
@@ -49,6 +50,7 @@ def write_latest_marker(root: Path, tag: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, root / LATEST_MARKER)
+    fsync_directory(root)
 
 
 def read_latest_tag(root: Path) -> Optional[str]:
@@ -59,22 +61,41 @@ def read_latest_tag(root: Path) -> Optional[str]:
     return tag or None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def fsync_directory(path: Path) -> None:
+    """Make the names in `path` durable (a rename or new file is on disk only once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file below `directory`, then every directory: so that a node crash after
+    `latest` has moved cannot leave it naming data that never reached the disk. Every rank runs
+    this after its own writes (on a shared file system only the writer's client can flush what it
+    wrote); files another rank already flushed cost one cheap syscall."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
+        fsync_directory(path)
+    fsync_directory(directory)
 
 
 def write_manifest(checkpoint_dir: Path, facts: dict) -> Path:
     files = {}
     for path in sorted(p for p in checkpoint_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        files[str(path.relative_to(checkpoint_dir))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[str(path.relative_to(checkpoint_dir))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = checkpoint_dir / MANIFEST_NAME
     tmp = manifest.with_name(MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps({**facts, "files": files}, indent=1))
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps({**facts, "files": files}, indent=1))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, manifest)
+    fsync_directory(checkpoint_dir)
     return manifest
 
 
@@ -102,7 +123,7 @@ def verify_checkpoint(checkpoint_dir: Path, part: tuple[int, int] = (0, 1)) -> d
             raise CheckpointError(f"{path}: listed in {manifest_path.name} but missing; the checkpoint is damaged, "
                                   f"{earlier}")
         size = path.stat().st_size
-        if size != expected_bytes or _sha256(path) != expected_sha:
+        if size != expected_bytes or sha256_file(path) != expected_sha:
             raise CheckpointError(f"{path}: size/sha256 differ from {manifest_path.name} ({size} bytes, expected "
                                   f"{expected_bytes}); the checkpoint is damaged, {earlier}")
     return manifest
@@ -188,6 +209,7 @@ class CheckpointManager:
         try:
             torch.save(train_state.state_dict(), tmp)
             os.replace(tmp, state_path)
+            fsync_tree(directory)                 # durable before the ranks agree and `latest` moves
         except (OSError, RuntimeError) as error:
             return error
         return None

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipeline.shards import sha256_file
 from pretrain.errors import PretrainError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -273,7 +274,7 @@ def export_checkpoint(source: CheckpointSource, out_dir: str | Path, dtype: str 
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dtype": dtype})
         write_json(staging / CONFIG_FILE, source.model_config)
         write_json(staging / TOKENIZER_FILE, source.tokenizer)
-        card = model_card(source, num_parameters, dtype, sha256_of(staging / WEIGHTS_FILE))
+        card = model_card(source, num_parameters, dtype, sha256_file(staging / WEIGHTS_FILE))
         (staging / CARD_FILE).write_text(card)
     return out_dir
 
@@ -320,12 +321,6 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def config_hash(model_config: dict) -> str:

@@ -22,7 +22,6 @@ Megatron's load-balanced 2 x CP layout, because recurrent state passing needs sl
 """
 
 import os
-import socket
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -242,12 +241,6 @@ def ranks_with(flag: bool) -> list[int]:
     return [rank for rank, value in enumerate(flags.tolist()) if value > 0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_process_group(backend: Optional[str], timeout_s: Optional[float]) -> None:
     """Join the default process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, or
     make a one-process group when those are unset (so single-process runs use the same path).
@@ -270,8 +263,8 @@ def ensure_process_group(backend: Optional[str], timeout_s: Optional[float]) -> 
             )
         dist.init_process_group(backend, init_method="env://", **timeout)
     else:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                **timeout)
+        # one process: an in-memory store, no port to pick (and lose to another socket)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **timeout)
 
 
 def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] = None,

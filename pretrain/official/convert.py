@@ -71,9 +71,10 @@ def convert_official(family: str, src, out, force: bool = False, num_heads: int 
 
 
 def _card(family: str, checkpoint, cfg, num_parameters: int, dtype: str) -> str:
-    from pretrain.export import config_hash, sha256_of
+    from data_pipeline.shards import sha256_file
+    from pretrain.export import config_hash
 
-    sources = "<br>".join(f"`{path}` (sha256 {sha256_of(path)[:16]}...)" for path in checkpoint.sources)
+    sources = "<br>".join(f"`{path}` (sha256 {sha256_file(path)[:16]}...)" for path in checkpoint.sources)
     return "\n".join([
         f"# Bio-xLSTM {checkpoint.tokenizer.get('type', 'unknown')} model, converted from {SOURCES[family]}",
         "",

@@ -3,7 +3,6 @@ import collections
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,22 +19,20 @@ HELPER = Path(__file__).with_name("loader_process.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
     return env
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_ranks_two_workers_see_every_sample_once_per_epoch(demo_builds, tmp_path):
-    out, port = tmp_path / "result.json", _free_port()
-    procs = [subprocess.Popen([sys.executable, str(HELPER), "epoch", str(rank), "2", str(port),
-                               str(demo_builds["protein"]), str(out)], env=_env(), cwd=REPO,
+    from launchers.local_launch import rendezvous_store
+
+    out, store = tmp_path / "result.json", rendezvous_store(2, timeout_s=120)   # held until the ranks end
+    procs = [subprocess.Popen([sys.executable, str(HELPER), "epoch", str(rank), "2", str(store.port),
+                               str(demo_builds["protein"]), str(out)],
+                              env=_env(TORCHELASTIC_USE_AGENT_STORE="True"), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for rank in range(2)]
     for proc in procs:
         output = proc.communicate(timeout=120)[0].decode()

@@ -5,7 +5,6 @@ exported weights on the same validation batches. fp32: relative 1e-5 (the same w
 sum over tokens is reordered).
 """
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,18 +38,16 @@ print(float(total / count))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _train(config_path: Path, log_dir: Path) -> None:
-    port = _free_port()
+    from launchers.local_launch import rendezvous_store
+
+    store = rendezvous_store(WORLD_SIZE, timeout_s=240)       # held by this process until the ranks end
     procs = []
     for rank in range(WORLD_SIZE):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD_SIZE),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+               "PYTHONPATH": str(REPO)}
         log = open(log_dir / f"rank{rank}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "pretrain.train", "--config", str(config_path)],
                                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))

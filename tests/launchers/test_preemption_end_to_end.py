@@ -24,7 +24,7 @@ import yaml
 from submitit.core.utils import DelayedSubmission, pickle_load
 
 from fake_slurm import fake_slurm_environ, install_fake_slurm, read_calls
-from launchers.local_launch import free_port
+from launchers.local_launch import rendezvous_store
 from launchers.slurm_job import SlurmTrainingJob
 from launchers.slurm_submit import SlurmOptions, log_folder, plan_jobs, submit_jobs
 from launchers.stage_groups import StageGroup
@@ -145,19 +145,31 @@ def test_launch_local_usr2_checkpoints_and_the_relaunch_matches_an_uninterrupted
     assert_same_parameters(run_dir, reference)
 
 
-def start_slurm_tasks(folder: Path, job_id: str, port: int, slurm_env: dict, log_dir: Path) -> list:
-    """What `srun` would start: one `python -m submitit.core._submit` per task, SLURM vars set."""
+class Tasks(list):
+    """The Popen of each task, and the rendezvous store they joined (alive as long as this list)."""
+
+    def __init__(self, procs, store):
+        super().__init__(procs)
+        self.store = store
+
+
+def start_slurm_tasks(folder: Path, job_id: str, slurm_env: dict, log_dir: Path) -> list:
+    """What `srun` would start: one `python -m submitit.core._submit` per task, SLURM vars set.
+    The tasks meet at a store this process hosts (a SLURM job's port comes from its job id, far
+    from the ephemeral ports; a test's must not be a free port another socket can take first)."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    store = rendezvous_store(WORLD, timeout_s=240)
     procs = []
     for rank in range(WORLD):
         env = child_environ(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_PROCID=str(rank),
                             SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_NTASKS=str(WORLD),
                             SLURM_NTASKS_PER_NODE=str(WORLD), SLURM_JOB_NUM_NODES="1",
-                            SLURM_JOB_NODELIST="localhost", BIOXLSTM_MASTER_PORT=str(port), **slurm_env)
+                            SLURM_JOB_NODELIST="localhost", BIOXLSTM_MASTER_PORT=str(store.port),
+                            TORCHELASTIC_USE_AGENT_STORE="True", **slurm_env)
         log = open(log_dir / f"task{rank}.log", "ab")
         procs.append(subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(folder)],
                                       env=env, cwd=log_dir, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+    return Tasks(procs, store)
 
 
 def test_slurm_job_preempted_requeues_itself_and_resumes_to_the_same_result(reference, shards, tmp_path,
@@ -175,7 +187,7 @@ def test_slurm_job_preempted_requeues_itself_and_resumes_to_the_same_result(refe
     pickle_path = run_dir / "slurm" / job_id / f"{job_id}_submitted.pkl"
     submitted_at = pickle_path.stat().st_mtime_ns
 
-    procs = start_slurm_tasks(log_folder(run_dir), job_id, free_port(), slurm_env, tmp_path / "logs")
+    procs = start_slurm_tasks(log_folder(run_dir), job_id, slurm_env, tmp_path / "logs")
     signal_after_steps(procs, run_dir, 2, signal.SIGUSR2)     # SLURM signals every task of the step
     codes = wait(procs, tmp_path / "logs")
     assert codes == [255, 0]   # rank 0 requeued and exited as submitit does; rank 1 returned
@@ -188,7 +200,7 @@ def test_slurm_job_preempted_requeues_itself_and_resumes_to_the_same_result(refe
     assert isinstance(requeued.function, SlurmTrainingJob) and requeued.function.failures == 0
     assert requeued._timeout_countdown == 3                  # preemption does not use up time-outs
 
-    procs = start_slurm_tasks(log_folder(run_dir), job_id, free_port(), slurm_env, tmp_path / "logs2")
+    procs = start_slurm_tasks(log_folder(run_dir), job_id, slurm_env, tmp_path / "logs2")
     assert wait(procs, tmp_path / "logs2") == [0, 0]
     assert "resumed from" in (tmp_path / "logs2" / "task0.log").read_text()
 

@@ -63,3 +63,36 @@ def test_every_rank_reports_the_damage_any_rank_found(tmp_path, damaged):
 def test_an_intact_checkpoint_passes_on_every_rank(tmp_path):
     directory = make_checkpoint(tmp_path / "step_7")
     assert run_ranks(verify_as_rank, 2, str(directory)) == [("ok", 7), ("ok", 7)]
+
+
+def test_files_and_names_are_on_disk_before_the_manifest_and_latest_name_them(tmp_path, monkeypatch):
+    """The order a node crash needs: every file and directory fsynced (fsync_tree, which each rank
+    runs after its writes), then the manifest fsynced and renamed and its directory fsynced, then
+    `latest` likewise. Recorded from the real os calls."""
+    import os
+
+    from pretrain.checkpoint import fsync_tree, write_latest_marker
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    root = tmp_path / "checkpoints"
+    directory = root / "step_00000007"
+    (directory / "nested").mkdir(parents=True)
+    for name in FILES:
+        (directory / name).write_bytes(b"x" * 100)
+    (directory / "nested" / "optim.pt").write_bytes(b"y" * 10)
+    fsync_tree(directory)
+    write_manifest(directory, {"step": 7})
+    write_latest_marker(root, "step_00000007")
+    synced = [path for kind, path in events if kind == "fsync"]
+    order = [path if kind == "fsync" else f"replace:{path}" for kind, path in events]
+    for path in [*(str(directory / n) for n in FILES), str(directory / "nested" / "optim.pt"),
+                 str(directory / "nested"), str(directory)]:
+        assert path in synced and order.index(path) < order.index(f"replace:{directory / 'manifest.json'}")
+    manifest_replaced = order.index(f"replace:{directory / 'manifest.json'}")
+    assert str(directory) in order[manifest_replaced + 1:]                 # the manifest's name is durable
+    latest_replaced = order.index(f"replace:{root / 'latest'}")
+    assert manifest_replaced < latest_replaced and order[-1] == str(root)   # and then `latest`'s

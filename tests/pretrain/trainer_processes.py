@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
@@ -32,9 +31,10 @@ class RankProcesses(list):
 
 
 def rendezvous_store(world_size: int) -> dist.TCPStore:
-    """A TCPStore server in this process, bound now to a port the kernel picks."""
-    return dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
-                         timeout=timedelta(seconds=TIMEOUT_S))
+    """A TCPStore server in this process, bound now to a port the kernel picks (the launcher's)."""
+    from launchers.local_launch import rendezvous_store as hosted_store
+
+    return hosted_store(world_size, timeout_s=TIMEOUT_S)
 
 
 # Preamble that makes a rank behave like the `bioxlstm` CLI: user-facing errors -> one line, exit 2.
