@@ -8,7 +8,8 @@ Layout of `<run>/checkpoints/`:
 
 Order of a save: every rank writes its DeepSpeed shards and its train state and fsyncs the
 directory's files; the ranks agree that all writes succeeded; rank 0 writes the manifest, then
-moves `latest` (temp file + fsync + os.replace + fsync of the directory); the ranks agree again; then old checkpoints beyond `keep` are deleted. A crash
+moves `latest` (temp file + fsync + os.replace + fsync of the directory); the ranks agree again;
+then old checkpoints beyond `keep` are deleted. A crash
 anywhere before the marker moves (a node's power loss included: the data is on disk before
 the marker names it) leaves the previous checkpoint as `latest`, whole; the torn
 directory is removed when that tag is written again. A write that fails on any rank (disk
@@ -74,13 +75,22 @@ def fsync_tree(directory: Path) -> None:
     """fsync every file below `directory`, then every directory: so that a node crash after
     `latest` has moved cannot leave it naming data that never reached the disk. Every rank runs
     this after its own writes (on a shared file system only the writer's client can flush what it
-    wrote); files another rank already flushed cost one cheap syscall."""
-    for path in sorted(directory.rglob("*")):
+    wrote); files another rank already flushed cost one cheap syscall.
+
+    Other ranks may still be writing: an entry that vanishes between the listing and its fsync
+    (a peer's temp file renamed to its final name) is skipped, not a write failure; its writer
+    fsyncs the final name in its own pass."""
+    entries = sorted(directory.rglob("*"))
+    for path in entries:
         if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    for path in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
-        fsync_directory(path)
+            try:
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            except FileNotFoundError:
+                continue
+    for path in reversed(entries):            # deepest first, the top directory last
+        if path.is_dir():
+            fsync_directory(path)
     fsync_directory(directory)
 
 

@@ -96,3 +96,30 @@ def test_files_and_names_are_on_disk_before_the_manifest_and_latest_name_them(tm
     assert str(directory) in order[manifest_replaced + 1:]                 # the manifest's name is durable
     latest_replaced = order.index(f"replace:{root / 'latest'}")
     assert manifest_replaced < latest_replaced and order[-1] == str(root)   # and then `latest`'s
+
+
+def test_a_peer_renaming_its_temp_file_during_fsync_tree_is_not_a_write_failure(tmp_path, monkeypatch):
+    """Ranks run fsync_tree while a peer may still be between torch.save(tmp) and os.replace:
+    the listed temp file is gone when this rank opens it. That must not fail the checkpoint."""
+    import builtins
+    import os
+
+    import pretrain.checkpoint as checkpoint
+
+    directory = tmp_path / "step_00000007"
+    directory.mkdir()
+    (directory / "train_state_rank00000.pt").write_bytes(b"x" * 100)
+    peer_tmp = directory / "train_state_rank00001.pt.tmp"
+    peer_tmp.write_bytes(b"y" * 100)
+    opened = []
+
+    def open_after_the_peer_renamed(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        if Path(path) == peer_tmp:
+            os.replace(peer_tmp, directory / "train_state_rank00001.pt")    # the peer's os.replace
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", open_after_the_peer_renamed, raising=False)
+    checkpoint.fsync_tree(directory)
+    assert opened == ["train_state_rank00000.pt", "train_state_rank00001.pt.tmp"]
+    assert (directory / "train_state_rank00001.pt").read_bytes() == b"y" * 100
