@@ -321,8 +321,6 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
-
-
 def config_hash(model_config: dict) -> str:
     """Stable short hash of a config dict (sorted JSON)."""
     return hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()[:16]

@@ -38,16 +38,14 @@ print(float(total / count))
 """
 
 
-
 def _train(config_path: Path, log_dir: Path) -> None:
-    from launchers.local_launch import rendezvous_store
+    from launchers.local_launch import rendezvous_store, worker_environ
 
     store = rendezvous_store(WORLD_SIZE, timeout_s=240)       # held by this process until the ranks end
     procs = []
     for rank in range(WORLD_SIZE):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD_SIZE),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-               "PYTHONPATH": str(REPO)}
+        env = worker_environ(rank, WORLD_SIZE, store.port, agent_store=True,
+                             base={**os.environ, "PYTHONPATH": str(REPO)})
         log = open(log_dir / f"rank{rank}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "pretrain.train", "--config", str(config_path)],
                                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))

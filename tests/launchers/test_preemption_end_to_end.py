@@ -23,11 +23,14 @@ import torch
 import yaml
 from submitit.core.utils import DelayedSubmission, pickle_load
 
-from fake_slurm import fake_slurm_environ, install_fake_slurm, read_calls
-from launchers.local_launch import rendezvous_store
-from launchers.slurm_job import SlurmTrainingJob
-from launchers.slurm_submit import SlurmOptions, log_folder, plan_jobs, submit_jobs
-from launchers.stage_groups import StageGroup
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
+
+from fake_slurm import fake_slurm_environ, install_fake_slurm, read_calls  # noqa: E402
+from launchers.local_launch import rendezvous_store  # noqa: E402
+from launchers.slurm_job import SlurmTrainingJob  # noqa: E402
+from launchers.slurm_submit import SlurmOptions, log_folder, plan_jobs, submit_jobs  # noqa: E402
+from launchers.stage_groups import StageGroup  # noqa: E402
+from trainer_processes import RankProcesses  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -145,14 +148,6 @@ def test_launch_local_usr2_checkpoints_and_the_relaunch_matches_an_uninterrupted
     assert_same_parameters(run_dir, reference)
 
 
-class Tasks(list):
-    """The Popen of each task, and the rendezvous store they joined (alive as long as this list)."""
-
-    def __init__(self, procs, store):
-        super().__init__(procs)
-        self.store = store
-
-
 def start_slurm_tasks(folder: Path, job_id: str, slurm_env: dict, log_dir: Path) -> list:
     """What `srun` would start: one `python -m submitit.core._submit` per task, SLURM vars set.
     The tasks meet at a store this process hosts (a SLURM job's port comes from its job id, far
@@ -169,7 +164,7 @@ def start_slurm_tasks(folder: Path, job_id: str, slurm_env: dict, log_dir: Path)
         log = open(log_dir / f"task{rank}.log", "ab")
         procs.append(subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(folder)],
                                       env=env, cwd=log_dir, stdout=log, stderr=subprocess.STDOUT))
-    return Tasks(procs, store)
+    return RankProcesses(procs, store)
 
 
 def test_slurm_job_preempted_requeues_itself_and_resumes_to_the_same_result(reference, shards, tmp_path,

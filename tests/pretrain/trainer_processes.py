@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch.distributed as dist
+from launchers.local_launch import rendezvous_store, worker_environ
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
@@ -25,16 +25,9 @@ TIMEOUT_S = 240
 class RankProcesses(list):
     """The Popen of each rank, and the rendezvous store they joined (alive as long as this list)."""
 
-    def __init__(self, procs: list, store: dist.TCPStore):
+    def __init__(self, procs: list, store):
         super().__init__(procs)
         self.store = store
-
-
-def rendezvous_store(world_size: int) -> dist.TCPStore:
-    """A TCPStore server in this process, bound now to a port the kernel picks (the launcher's)."""
-    from launchers.local_launch import rendezvous_store as hosted_store
-
-    return hosted_store(world_size, timeout_s=TIMEOUT_S)
 
 
 # Preamble that makes a rank behave like the `bioxlstm` CLI: user-facing errors -> one line, exit 2.
@@ -52,15 +45,15 @@ ONE_LINE_ERRORS = ("import pretrain.train as _t\n"
 
 def start_ranks(world_size: int, argv: list, log_dir: Path, preamble: str = "") -> RankProcesses:
     """Popen one process per rank. `preamble` is python run before the trainer (test hooks)."""
-    store = rendezvous_store(world_size)
+    store = rendezvous_store(world_size, timeout_s=TIMEOUT_S)
     code = (f"{preamble}\nimport sys\nimport pretrain.train\nmain = pretrain.train.main\n"
             f"sys.exit(main({list(map(str, argv))!r}))")
     procs = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for rank in range(world_size):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-               "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+        env = worker_environ(rank, world_size, store.port, agent_store=True,
+                             base={**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
+                                   "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"})
         log = open(log_dir / f"rank{rank}.log", "ab")
         procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(log_dir),
                                       stdout=log, stderr=subprocess.STDOUT))
