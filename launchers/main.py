@@ -16,6 +16,7 @@ CLI_MODULES = (
     "pretrain.cli",
     "launchers.cli",
     "pretrain.export_cli",
+    "evaluation.cli",
 )
 
 

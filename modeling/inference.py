@@ -27,7 +27,7 @@ import torch
 from data_pipeline.tokenizers import load_tokenizer
 from modeling.errors import ModelingError
 from data_pipeline.formatters import protein_fim_sequence
-from modeling.sampling import RecurrentSession, SamplingSettings, StepTrace, generate_recurrent
+from modeling.sampling import RecurrentSession, SamplingSettings, StepTrace, generate_recurrent, sample_batch
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -336,6 +336,31 @@ class BioXLSTM:
             trace = session.sample(max_new_tokens, settings, self._generator(None if seed is None else seed + n),
                                    position_of, stop_ids, banned)
             results.append(self._to_generation([], trace).text)
+        return results
+
+    def sample_continuations(self, context_ids: list[int], count: int, max_new_tokens: int,
+                             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                             seed: int | None = None, stop_tokens: Sequence[str] = (),
+                             batch_size: int = 64) -> list[list[int]]:
+        """`count` sampled continuations (token ids, stop token excluded) of `context_ids` (the
+        modality's start token included by the caller), stepped `batch_size` at a time from one
+        primed state. Deterministic for a given seed and batch size: batch b uses seed + b."""
+        self._require_causal("sampling")
+        if not context_ids:
+            raise InferenceError("sampling needs a context of at least one token (the start token)")
+        settings = self._settings(temperature, top_k, top_p)
+        stop_ids = [self.tokenizer.token_id(t) for t in stop_tokens]
+        banned = [i for i in self._special_ids() if i not in stop_ids]
+        primed = RecurrentSession(self.model, self.device)
+        positions = self._positions(context_ids)
+        primed.feed_all(context_ids, positions)
+        results: list[list[int]] = []
+        for number, first in enumerate(range(0, count, batch_size)):
+            size = min(batch_size, count - first)
+            generator = self._generator(None if seed is None else seed + number)
+            rows = sample_batch(self.model, primed.state, primed.logits, positions[-1], size, max_new_tokens,
+                                settings, generator, self._next_position, stop_ids, banned)
+            results.extend(tokens for tokens, _ in rows)
         return results
 
     def _generator(self, seed: int | None) -> torch.Generator:

@@ -195,3 +195,57 @@ def generate_recurrent(
         return last_position[0]
 
     return session.sample(max_new_tokens, settings, generator, position_of, stop_ids, banned_ids, keep_logits)
+
+
+def expand_state(state, count: int):
+    """A batch-1 recurrent state repeated `count` times along the batch dimension (dim 0 of every
+    tensor), so one primed context serves a whole batch of samples."""
+    if isinstance(state, torch.Tensor):
+        if state.dim() == 0 or state.shape[0] != 1:
+            raise ValueError(f"expected a batch-1 state tensor, got shape {tuple(state.shape)}")
+        return state.expand(count, *state.shape[1:]).clone()
+    if isinstance(state, dict):
+        return {key: expand_state(value, count) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(expand_state(value, count) for value in state)
+    return state
+
+
+@torch.no_grad()
+def sample_batch(model, state, logits: torch.Tensor, last_position: int, count: int, max_new_tokens: int,
+                 settings: SamplingSettings, generator: torch.Generator | None,
+                 next_position: PositionFn = _sequential_positions, stop_ids: Iterable[int] = (),
+                 banned_ids: Sequence[int] = ()) -> list[tuple[list[int], int | None]]:
+    """`count` continuations of one primed context, stepped together as a batch.
+
+    `state` and `logits` (1, V) are what the context left (batch 1; not modified);
+    `last_position` is the context's last position id. Returns per row (sampled tokens without
+    the stop token, the stop token or None). A row that has stopped is still stepped (the batch
+    moves together) but its tokens are ignored: every row sees exactly the tokens it sampled.
+    """
+    stop_set = {int(t) for t in stop_ids}
+    device = logits.device
+    state = expand_state(state, count)
+    logits = logits.expand(count, -1)
+    positions = [int(last_position)] * count
+    rows: list[list[int]] = [[] for _ in range(count)]
+    stopped: list[int | None] = [None] * count
+    active = list(range(count))
+    for _ in range(max_new_tokens):
+        tokens = sample_next_token(logits, settings, generator, banned_ids).tolist()
+        still = []
+        for row in active:
+            token = int(tokens[row])
+            if token in stop_set:
+                stopped[row] = token
+            else:
+                rows[row].append(token)
+                positions[row] = next_position(positions[row], token)
+                still.append(row)
+        active = still
+        if not active:
+            break
+        step_tokens = torch.tensor(tokens, dtype=torch.long, device=device)
+        step_positions = torch.tensor(positions, dtype=torch.long, device=device)
+        logits, state = model.step(step_tokens, state, position_ids=step_positions)
+    return list(zip(rows, stopped))
