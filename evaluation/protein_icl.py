@@ -164,6 +164,9 @@ class ProteinICLSuite(Suite):
                         ["context length", "perplexity", "interval95", "families"], context_rows)]
         notes = ["ICL figures use the plain layout (no FIM spans); FIM figures a second pass in the "
                  "training's multi-span FIM layout. Loss is a mean over real tokens only (no padding)."]
+        if figures["first_perplexity"].n == 0:
+            notes.append(f"no family has a complete member within {sizes['context_len']} tokens: raise "
+                         "the context length (--context-len, eval.context_len)")
         return SuiteResult(self.name, figures, tables, results, dict(sizes, families=len(results)), notes)
 
     def plot(self, result: SuiteResult, out_dir: Path) -> list:

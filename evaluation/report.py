@@ -48,13 +48,13 @@ def report_dict(results: list, meta: dict) -> dict:
 
 
 def flat_figures(results: list) -> dict:
-    """{"eval/<suite>/<figure>": value} of every finite figure: what metrics.jsonl and
-    TensorBoard get."""
+    """{"<suite>/<figure>": value} of every finite figure: what metrics.jsonl and TensorBoard
+    (under eval/) get."""
     flat = {}
     for result in results:
         for name, figure in result.figures.items():
             if figure.value is not None:
-                flat[f"eval/{result.suite}/{name}"] = figure.value
+                flat[f"{result.suite}/{name}"] = figure.value
     return flat
 
 

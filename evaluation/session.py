@@ -14,8 +14,8 @@ from evaluation.base import EvalRequest
 from evaluation.errors import EvaluationError
 from evaluation.report import flat_figures, refuse_existing_report, write_report
 from evaluation.runner import make_suites, run_suites
+from modeling.inference import TRAINING_FILE
 
-TRAINING_FILE = "training.json"     # written by `bioxlstm export`: provenance incl. curriculum context lengths
 
 
 def resolve_suite_names(names, modality: str) -> list:
@@ -49,6 +49,8 @@ def evaluate_export(model_dir, suite_names, request: EvalRequest, out_dir, devic
     facts = training_facts(Path(model_dir))
     if not request.context_lens and facts.get("context_lens"):
         request.context_lens = tuple(int(c) for c in facts["context_lens"])
+    if request.context_len is None and request.context_lens:
+        request.context_len = max(request.context_lens)   # the longest context it was trained for
     names = resolve_suite_names(suite_names, model.modality)
     suites = make_suites(names, request)
     results = run_suites(model, suites, log=log)

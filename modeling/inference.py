@@ -33,6 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "README.md"
+TRAINING_FILE = "training.json"   # provenance incl. the curriculum's context lengths (bioxlstm export)
 INFILL_MASK_CHAR = "?"
 MAX_FIM_SPANS = 5           # sentinels <mask-1> .. <mask-5> (DESIGN.md section 8, FIM)
 MAX_PROTEIN_POSITION = 2047  # position ids are clamped here in training (DESIGN.md section 8)

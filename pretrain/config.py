@@ -1,6 +1,6 @@
 """RunConfig: the typed, validated description of one training run.
 
-A run config is YAML with five sections; defaults live in the dataclasses below, the YAML
+A run config is YAML with six sections (eval optional); defaults live in the dataclasses below, the YAML
 holds only what differs:
 
     model:       modeling.ModelConfig fields, or `base: models/x.yaml` plus field overrides
@@ -8,6 +8,7 @@ holds only what differs:
     train:       TrainConfig (optimizer, schedule, ZeRO stage, checkpoints, logging)
     parallel:    ParallelConfig (context_parallel_size)
     curriculum:  stages: [{context_len, micro_batch_size, tokens, grad_accum?}, ...]
+    eval:        EvalConfig (the paper's evaluations during training; optional)
 
 `model.base` is a path relative to the config file's folder or one of its parents (so both
 configs/x.yaml and configs/runs/x.yaml may say `base: models/protein_tiny.yaml`); the base is
@@ -28,7 +29,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from pretrain.errors import ConfigError
 
@@ -90,12 +91,35 @@ class CurriculumConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The paper's evaluations inside training (evaluation/; `bioxlstm eval --help` lists suites).
+
+    Runs every `every` optimizer steps and at the end, on the full weights every rank gathers
+    (any ZeRO stage, any context-parallel size), the suites' work shared by all ranks. A due
+    evaluation is skipped while evaluation has taken more than `max_time_share` of the run's
+    wall time so far, so its cost stays bounded whatever the interval."""
+
+    suites: List[str] = field(default_factory=list)   # empty = no in-training evaluation
+    every: int = 0                       # optimizer steps between evaluations (0 = only at the end)
+    at_end: bool = True                  # also after the last step
+    data: Optional[str] = None           # default: data.shards (its validation split)
+    quick: bool = True                   # the suites' quick sizes
+    seed: int = 42
+    context_len: Optional[int] = None    # default: the current stage's context length
+    novelty_reference: Optional[str] = None   # chem: SMILES file (default: data.shards' train split)
+    options: Dict[str, Any] = field(default_factory=dict)   # suite sizes, e.g. {num_samples: 256}
+    batch_size: int = 64
+    max_time_share: float = 0.25         # skip a due evaluation while evaluation used more of the wall time
+
+
+@dataclass
 class RunConfig:
     model: Any = None                    # modeling.ModelConfig
     data: Any = None                     # data_pipeline.config.DataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return {
@@ -104,6 +128,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "parallel": dataclasses.asdict(self.parallel),
             "curriculum": dataclasses.asdict(self.curriculum),
+            "eval": dataclasses.asdict(self.eval),
         }
 
     def config_hash(self) -> str:
@@ -224,6 +249,7 @@ def _run_config_from_dict(raw: dict, source: str) -> RunConfig:
         train=TrainConfig(**_typed(TrainConfig, raw.get("train") or {}, "train")),
         parallel=ParallelConfig(**_typed(ParallelConfig, raw.get("parallel") or {}, "parallel")),
         curriculum=CurriculumConfig(**_typed(CurriculumConfig, raw.get("curriculum") or {}, "curriculum")),
+        eval=EvalConfig(**_typed(EvalConfig, raw.get("eval") or {}, "eval")),
     )
     validate_run_config(cfg, source)
     return cfg
@@ -267,6 +293,28 @@ def validate_run_config(cfg: RunConfig, source: str = "config") -> None:
     if cfg.parallel.context_parallel_size < 1:
         bad("parallel.context_parallel_size", "must be >= 1")
     validate_stages(cfg.curriculum.stages, t.grad_accum, cfg.parallel.context_parallel_size, source)
+    validate_eval_config(cfg, source)
+
+
+def validate_eval_config(cfg: RunConfig, source: str) -> None:
+    """Suite names and their modality, checked at load so a typo fails before training starts."""
+    from evaluation import SUITES, QUICK_SUITES
+
+    e = cfg.eval
+    for index, name in enumerate(e.suites):
+        if name not in SUITES:
+            raise ConfigError(f"{source}: eval.suites.{index}={name!r}: unknown suite; known suites: "
+                              f"{', '.join(SUITES)}")
+        if name not in QUICK_SUITES.get(cfg.data.modality, ()):
+            raise ConfigError(f"{source}: eval.suites.{index}={name!r} evaluates another modality than "
+                              f"data.modality={cfg.data.modality!r}; choose from "
+                              f"{', '.join(QUICK_SUITES.get(cfg.data.modality, ()))}")
+    if e.every < 0:
+        raise ConfigError(f"{source}: eval.every={e.every}: must be >= 0 (0 = only at the end)")
+    if not 0 < e.max_time_share <= 1:
+        raise ConfigError(f"{source}: eval.max_time_share={e.max_time_share}: must be in (0, 1]")
+    if e.batch_size < 1:
+        raise ConfigError(f"{source}: eval.batch_size={e.batch_size}: must be >= 1")
 
 
 def _lookup(cfg: Any, dotted: str) -> Any:
@@ -382,6 +430,10 @@ def _check(hint: Any, value: Any, key: str) -> Any:
         return _check(inner[0], value, key) if len(inner) == 1 else value
     if hint is Any:
         return value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
+        return dict(value)
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {_show(value)}")

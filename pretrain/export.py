@@ -8,6 +8,8 @@ context-parallel size) plus the train state. Downstream teams get one directory 
     tokenizer.json      the tokenizer the shards were built with
     README.md           model card: modality, parameters, tokens trained, curriculum stage,
                         validation loss, source checkpoint and config hash
+    training.json       the same provenance as data, with the curriculum's context lengths
+                        (`bioxlstm eval` scores protein ICL at each of them)
 
 ZeRO shards are merged with DeepSpeed's own `get_fp32_state_dict_from_zero_checkpoint`, which
 reads the fp32 master partitions on CPU: no GPU and no process group of the original size. The
@@ -90,6 +92,7 @@ def read_training_checkpoint(path: str | Path, tokenizer_path: str | Path | None
         "validation_loss": train_state.get("last_val_loss"),
         "run_config_hash": train_state.get("config_hash") or manifest.get("config_hash"),
         "world_size": train_state.get("world_size"),
+        "context_lens": _context_lens_reached(train_state.get("stage"), stages),
     }
     model_config = train_state.get("model_config") or run_config.get("model")
     if not model_config:
@@ -142,6 +145,14 @@ def _curriculum_reached(stage, stages: list) -> str | None:
     if stage >= len(stages):
         return f"all {len(stages)} stages done (context {stages[-1].get('context_len')})"
     return f"stage {stage + 1} of {len(stages)} (context {stages[stage].get('context_len')})"
+
+
+def _context_lens_reached(stage, stages: list) -> list:
+    """The curriculum's context lengths up to the checkpoint's stage (evaluation reads them from
+    the export's training.json to score the model at each length it was trained for)."""
+    if stage is None or not stages:
+        return []
+    return sorted({int(s["context_len"]) for s in stages[:int(stage) + 1] if s.get("context_len")})
 
 
 # ---- locating and checking the DeepSpeed files -------------------------------------------------
@@ -261,6 +272,8 @@ def export_checkpoint(source: CheckpointSource, out_dir: str | Path, dtype: str 
     import torch
     from safetensors.torch import save_file
 
+    from modeling.inference import TRAINING_FILE
+
     out_dir = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -274,6 +287,7 @@ def export_checkpoint(source: CheckpointSource, out_dir: str | Path, dtype: str 
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dtype": dtype})
         write_json(staging / CONFIG_FILE, source.model_config)
         write_json(staging / TOKENIZER_FILE, source.tokenizer)
+        write_json(staging / TRAINING_FILE, source.provenance)
         card = model_card(source, num_parameters, dtype, sha256_file(staging / WEIGHTS_FILE))
         (staging / CARD_FILE).write_text(card)
     return out_dir

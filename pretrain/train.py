@@ -18,8 +18,9 @@ steps in a row the run stops with NonFiniteStepsError naming the step and the la
 checkpoint. Collectives time out after train.collective_timeout_s, so a dead or hung peer
 fails the surviving ranks instead of hanging them.
 
-Run directory (train.out_dir): config.yaml (resolved config), metrics.jsonl (one line per step
-and per validation pass), tensorboard/, checkpoints/{step_XXXXXXXX/, latest} (pretrain.checkpoint),
+Run directory (train.out_dir): config.yaml (resolved config), metrics.jsonl (one line per step,
+per validation pass and per evaluation), tensorboard/, eval/ (the latest in-training evaluation:
+eval.json, eval.md, plots; pretrain.in_training_eval), checkpoints/{step_XXXXXXXX/, latest} (pretrain.checkpoint),
 samples_rank*.jsonl with train.record_samples.
 
 Loss and gradient scaling. Each optimizer step takes grad_accum micro-batches per rank. Every
@@ -77,6 +78,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     from pretrain.checkpoint import CheckpointManager, read_latest_tag
     from pretrain.curriculum import Curriculum
     from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
+    from pretrain.in_training_eval import InTrainingEvaluator
     from pretrain.metrics import MetricsLogger, SampleRecorder
     from pretrain.nonfinite import SKIPPED_REASON, BadStepCounter, drop_nonfinite_gradients, poison_nonfinite
     from pretrain.parallel import initialize_parallel, ranks_with
@@ -112,6 +114,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     bar = tqdm(total=last_step, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=parallel.rank != 0 or not cfg.train.progress)
     plan, loader, batches, stopped = None, None, None, False
+    evaluator = InTrainingEvaluator(cfg, parallel, run_dir)
     bad_steps, checkpoint_due = BadStepCounter(cfg.train.max_bad_steps, state.bad_steps_in_a_row), False
 
     # ---------------------------------------------------------------- loop
@@ -195,6 +198,10 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
             if parallel.rank == 0 and cfg.train.progress:
                 bar.write(f"step {state.step}: validation loss {state.last_val_loss:.4f} "
                           f"(stage {plan.index}, context {plan.context_len})")
+        if not stopped and evaluator.due(state.step, done):
+            metrics.log("eval", state.step, evaluator.run(engine, state.step, plan.index))
+            if parallel.rank == 0 and cfg.train.progress:
+                bar.write(f"step {state.step}: evaluation written to {run_dir / 'eval'}")
         every = cfg.train.checkpoint_every
         checkpoint_due = checkpoint_due or bool(every and state.step % every == 0)
         if stopped or done or (checkpoint_due and not skipped):

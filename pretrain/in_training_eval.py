@@ -1,0 +1,111 @@
+"""The paper's evaluations inside training (run config section `eval`, pretrain.config.EvalConfig).
+
+Every rank takes part: the full weights are gathered on every rank (ZeRO-3 parameters through
+DeepSpeed's GatheredParameters, a collective all ranks enter; ZeRO 0-2 hold them already), each
+rank wraps them as the inference API wraps an export (modeling.inference.BioXLSTM, context
+parallelism not involved), the suites' work units are shared round-robin and gathered
+(evaluation.runner), and rank 0 writes the figures to metrics.jsonl / TensorBoard and the report
+with its plots to RUN/eval/ (replaced each time: the latest evaluation). Because the same suite
+code runs on the same weights, the figures equal `bioxlstm eval` on the export of the same
+checkpoint.
+
+Cost: an evaluation due every `eval.every` steps is skipped while evaluation has used more than
+`eval.max_time_share` of the run's wall time; the decision is agreed by all ranks.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+EVAL_DIR = "eval"
+
+
+class InTrainingEvaluator:
+    def __init__(self, cfg, parallel, run_dir: Path):
+        self.cfg = cfg
+        self.parallel = parallel
+        self.run_dir = Path(run_dir)
+        self.enabled = bool(cfg.eval.suites)
+        self.started = time.perf_counter()
+        self.seconds_spent = 0.0
+
+    def due(self, step: int, done: bool) -> bool:
+        """Whether to evaluate after `step` (the same answer on every rank)."""
+        if not self.enabled:
+            return False
+        every = self.cfg.eval.every
+        wanted = (done and self.cfg.eval.at_end) or bool(every and step % every == 0)
+        if not wanted or done:
+            return wanted
+        from pretrain.parallel import ranks_with
+
+        elapsed = time.perf_counter() - self.started
+        within_budget = self.seconds_spent <= self.cfg.eval.max_time_share * elapsed
+        return bool(ranks_with(within_budget))       # any rank within budget: all evaluate
+
+    def request(self, stage_index: int):
+        from evaluation.base import EvalRequest
+
+        e, stages = self.cfg.eval, self.cfg.curriculum.stages
+        contexts = tuple(sorted({s.context_len for s in stages[:stage_index + 1]}))
+        return EvalRequest(data=e.data or self.cfg.data.shards, quick=e.quick, seed=e.seed,
+                           context_len=e.context_len or stages[stage_index].context_len, context_lens=contexts,
+                           novelty_reference=e.novelty_reference, train_data=self.cfg.data.shards,
+                           options=dict(e.options), batch_size=e.batch_size)
+
+    def run(self, engine, step: int, stage_index: int) -> dict:
+        """Evaluate the engine's current weights; returns the flat figures (on every rank)."""
+        from evaluation.report import flat_figures, write_report
+        from evaluation.runner import make_suites, run_suites
+
+        started = time.perf_counter()
+        model = self._inference_model(engine)
+        request = self.request(stage_index)
+        suites = make_suites(self.cfg.eval.suites, request)
+        world = self.parallel.world_size
+        results = run_suites(model, suites, rank=self.parallel.rank, world_size=world,
+                             gather=_gather_objects if world > 1 else None)
+        figures = flat_figures(results)
+        if self.parallel.rank == 0:
+            meta = {"model": f"{self.run_dir} step {step}", "data": request.data, "seed": request.seed,
+                    "quick": request.quick, "step": step, "request": vars(request), "figures": figures}
+            write_report(results, suites, self.run_dir / EVAL_DIR, meta, overwrite=True)
+        del model
+        self.seconds_spent += time.perf_counter() - started
+        return dict(figures, eval_seconds=time.perf_counter() - started)
+
+    def _inference_model(self, engine):
+        """A plain copy of the full model on this rank, in the engine's dtype, in eval mode."""
+        from data_pipeline.manifest import read_manifest
+        from data_pipeline.tokenizers import load_tokenizer
+        from modeling import build_model
+        from modeling.inference import BioXLSTM
+
+        state = full_state_dict(engine.module, self.cfg.train.zero_stage)
+        dtype = next(iter(state.values())).dtype
+        model = build_model(self.cfg.model).to(dtype)
+        model.load_state_dict(state)
+        model = model.to(engine.device).eval()
+        tokenizer = load_tokenizer(read_manifest(Path(self.cfg.data.shards))["tokenizer"])
+        return BioXLSTM(model, self.cfg.model, tokenizer, engine.device)
+
+
+def full_state_dict(module, zero_stage: int) -> dict:
+    """Every parameter and buffer in full on this rank (a collective under ZeRO-3)."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def _gather_objects(payload) -> list:
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
