@@ -86,6 +86,11 @@ class Suite:
 
     def check_model(self, model) -> None:
         """One clear line when the model cannot run this suite (before any work)."""
+        used = model.tokenizer.num_used_ids
+        if used > model.config.vocab_size:
+            raise EvaluationError(f"the model's tokenizer produces {used} ids but its embedding has "
+                                  f"vocab_size {model.config.vocab_size}: tokenizer.json does not belong to "
+                                  "this model; export again with the run's tokenizer")
         if model.modality != self.modality:
             raise EvaluationError(f"suite {self.name} needs a {self.modality} model; this one is a "
                                   f"{model.modality} model")
