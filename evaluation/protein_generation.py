@@ -262,7 +262,9 @@ class ProteinGenerationSuite(Suite):
                   "leave themselves out. The profile HMM is built from the whole family alignment, so "
                   "natural members were part of it (as in the official evaluation).",
                   "Samples are kept as sampled (the official keeps one copy of duplicates and, in its "
-                  "final tables, the lowest-perplexity ones); gap characters are removed before scoring."]
+                  "final tables, the lowest-perplexity ones); gap characters are removed before scoring.",
+                  "A sample identical to a family member has min Hamming 0 (counted in copy_share); the "
+                  "official skips members equal to the scored sequence, which hides such copies."]
         settings = dict(sizes, families=len(results), data=self.request.data, seed=self.request.seed)
         return SuiteResult(self.name, figures,
                            [Table("Homology-conditioned generation (mean over families, 95% interval)", columns, rows)],
