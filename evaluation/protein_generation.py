@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Optional
 
 from evaluation.alignment import family_distances, min_median
@@ -269,3 +270,33 @@ class ProteinGenerationSuite(Suite):
         return SuiteResult(self.name, figures,
                            [Table("Homology-conditioned generation (mean over families, 95% interval)", columns, rows)],
                            per_item, settings, notes)
+
+    def plot(self, result: SuiteResult, out_dir: Path) -> list:
+        """Samples of each setting next to the natural members: mean min Hamming, HMMER bits and
+        perplexity over families with their 95% intervals (one panel each)."""
+        from evaluation.plots import matplotlib_available
+
+        if not matplotlib_available():
+            return []
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = [setting_label(s) for s in result.settings["settings"]]
+        panels = [("min_hamming", "min Hamming distance"), ("hmmer", "HMMER bit score"), ("perplexity", "perplexity")]
+        figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=120)
+        for axis, (score, title) in zip(axes, panels):
+            bars = [result.figures[f"{label}/mean_{score}"] for label in labels] + [result.figures[f"natural/mean_{score}"]]
+            axis.bar(range(len(bars)), [b.value or 0.0 for b in bars], yerr=[b.interval or 0.0 for b in bars],
+                     capsize=3, color=["tab:blue"] * len(labels) + ["tab:green"])
+            axis.set_xticks(range(len(bars)), labels + ["natural"], rotation=45, ha="right", fontsize=7)
+            axis.set_title(title)
+            axis.grid(alpha=0.3, axis="y")
+        figure.suptitle("Homology-conditioned generation (mean over families)")
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "protein_generation_scores.png"
+        figure.savefig(path)
+        plt.close(figure)
+        return [path]

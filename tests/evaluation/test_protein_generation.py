@@ -212,6 +212,13 @@ def test_figures_equal_an_independent_aggregation(run):
     json.dumps(summary.to_dict())
 
 
+def test_plot_writes_one_png(run, tmp_path):
+    suite, _, _, summary = run
+    files = suite.plot(summary, tmp_path / "plots")
+    assert [f.name for f in files] == ["protein_generation_scores.png"]
+    assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def check_aggregation(results: list, summary) -> None:
     scores = ("min_hamming", "median_hamming", "hmmer", "perplexity")
     for setting_index, setting in enumerate(OPTIONS["settings"]):
