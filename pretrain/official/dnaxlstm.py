@@ -18,8 +18,9 @@ The official config, key by key (`xLSTMConfig` defaults when absent):
   s_proj_factor / s_round_proj_up_to_multiple_of / s_round_proj_up_dim_up -> ffn_proj_factor /
   ffn_multiple_of / ffn_rounding, bidirectional (+ bidirectional_alternating) -> weight_tied
   whole-block or alternating with the even blocks reversed, reversed passes at RoPE positions
-  0..S-1 along the flipped sequence; rcps -> param_sharing_halves (sLSTM stacks only, as the
-  official code); complement_map must be the DNA complement map.
+  0..S-1 along the flipped sequence; rcps -> param_sharing_halves with the RC half's sLSTM heads
+  reversed (rc_half_slstm_head_order: reversed, the official layer's is_rc_flipped; sLSTM
+  stacks only, as the official code); complement_map must be the DNA complement map.
   Must keep their defaults: m_conv1d_causal, s_conv1d_causal (true), m_backend_bidirectional,
   s_position_embeddings (false). Ignored (no effect on the model): tie_weights (the official
   model never ties its head), max_length, pad_vocab_size_multiple, m_backend, m_chunk_size,
@@ -98,7 +99,8 @@ def model_config_from_official(data: dict, where: str) -> dict:
         ffn_proj_factor=get("s_proj_factor", float), ffn_multiple_of=get("s_round_proj_up_to_multiple_of", int),
         ffn_rounding="up" if get("s_round_proj_up_dim_up", bool) else "down",
         tie_embeddings=False, head="mlm" if bidirectional or rcps else "lm",
-        rc_mode="param_sharing_halves" if rcps else "none")
+        rc_mode="param_sharing_halves" if rcps else "none",
+        rc_half_slstm_head_order="reversed" if rcps else "kept")
     if bidirectional:
         model.update(bidirectional="alternating" if alternating else "weight_tied",
                      bidirectional_residual="whole_block", reversed_blocks="even",
