@@ -68,3 +68,44 @@ def test_both_presets_have_the_same_weights():
     assert shapes[0] == shapes[1]
     differ = {k for k, v in official.architecture_dict().items() if equivariant.architecture_dict()[k] != v}
     assert differ == {"rc_half_slstm_head_order"}
+
+
+def write_export_dir(path, cfg, model):
+    """An export directory as `bioxlstm export` writes it (weights, config, tokenizer)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from data_pipeline.tokenizers import DNATokenizer
+    from pretrain.export import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+
+    path.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / WEIGHTS_FILE))
+    (path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
+    (path / TOKENIZER_FILE).write_text(json.dumps(DNATokenizer().to_dict()))
+    return path
+
+
+def test_paper_rcps_preset_exports_to_the_official_config_and_logits(tmp_path):
+    import json
+
+    from pretrain.errors import ConversionError
+    from pretrain.official.convert import export_official
+
+    cfg, model = random_model("dna_xlstm_500k_mlm_rcps_slstm", seed=2)
+    out = export_official(write_export_dir(tmp_path / "ours", cfg, model), tmp_path / "official", "dnaxlstm")
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    written = ckpt["hyper_parameters"]["model"]["config"]
+    assert written == json.loads((out / "model_config.json").read_text())["config"]
+    assert written["rcps"] is True and written["bidirectional"] is True and written["s_lstm_at"] == [0, 1, 2, 3]
+    state = {k[len("model.backbone."):]: v for k, v in ckpt["state_dict"].items()}
+    spec = dict(kinds=["s"] * written["n_layer"], slstm_heads=written["s_num_heads"], bidirectional="weight_tied",
+                rcps=True)
+    ids = dna_ids(7)
+    with torch.no_grad():
+        assert rel_err(model(ids), ref.forward(state, spec, ids)) <= 1e-10
+    # the equivariant variant has no official counterpart: refused naming the option
+    eq_cfg, eq_model = random_model("dna_xlstm_500k_mlm_rcps_slstm_equivariant")
+    with pytest.raises(ConversionError, match="model.rc_half_slstm_head_order='kept' \\(the dnaxlstm format has 'reversed'\\)"):
+        export_official(write_export_dir(tmp_path / "eq", eq_cfg, eq_model), tmp_path / "eq_official", "dnaxlstm")
+    assert not (tmp_path / "eq_official").exists()
