@@ -136,21 +136,27 @@ def loads(data: bytes, **kwargs):
 
 
 class NotACheckpoint(Exception):
-    """The bytes are a TorchScript archive (code), not a checkpoint."""
+    """The bytes are not a torch zip checkpoint, or are a TorchScript archive (code)."""
 
 
 def load_checkpoint(path) -> object:
-    """The checkpoint at `path` as plain data (tensors, dicts, lists, values)."""
+    """The checkpoint at `path` as plain data (tensors, dicts, lists, values).
+
+    Only torch's zip format (torch.save since torch 1.6; what Lightning 1.8.6 writes) is read:
+    the legacy tar format extracts members to disk, a path this loader has no need to open."""
     import sys
 
     import torch
 
     data = pathlib.Path(path).read_bytes()
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             records = {name.split("/", 1)[-1] for name in archive.namelist()}
-        if "constants.pkl" in records or any(name.startswith("code/") for name in records):
-            raise NotACheckpoint("a TorchScript archive (model code), not a checkpoint of weights")
+    except zipfile.BadZipFile:
+        raise NotACheckpoint("not a torch zip checkpoint (the format torch.save has written since "
+                             "torch 1.6, and Lightning 1.8.6 with it)") from None
+    if "constants.pkl" in records or any(name.startswith("code/") for name in records):
+        raise NotACheckpoint("a TorchScript archive (model code), not a checkpoint of weights")
     loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
                         pickle_module=sys.modules[__name__])
     return plain(loaded)

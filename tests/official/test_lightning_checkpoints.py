@@ -210,3 +210,17 @@ def test_model_config_json_beside_the_checkpoint(tmp_path):
                                               rf".model.config has d_model={D}") as info:
         convert_official("dnaxlstm", both, tmp_path / "disagree")
     assert "\n" not in str(info.value) and not (tmp_path / "disagree").exists()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a torch zip checkpoint"),
+    (lambda p: p.write_bytes(os.urandom(4096)), "not a torch zip checkpoint"),
+    (lambda p: torch.save(torch.load(p, weights_only=False), p, _use_new_zipfile_serialization=False),
+     "not a torch zip checkpoint"),
+])
+def test_damaged_or_legacy_files_are_refused_in_one_line(tmp_path, damage, needle):
+    src = lightning_checkpoint(tmp_path / "last.ckpt", official_state("mm"), official_config("mm"))
+    damage(src)
+    with pytest.raises(ConversionError, match=needle) as info:
+        convert_official("dnaxlstm", src, tmp_path / "export")
+    assert "\n" not in str(info.value) and not (tmp_path / "export").exists()
