@@ -27,7 +27,9 @@ the bytes.
 from __future__ import annotations
 
 import _compat_pickle
+import builtins
 import collections
+import importlib
 import io
 import pathlib
 import pickle
@@ -93,7 +95,7 @@ def _latin1_bytes(text, encoding="latin1"):
 def _allowed() -> dict:
     import torch
 
-    table = {f"builtins.{name}": getattr(__import__("builtins"), name) for name in BUILTINS}
+    table = {f"builtins.{name}": getattr(builtins, name) for name in BUILTINS}
     table.update({"collections.OrderedDict": collections.OrderedDict,
                   "collections.defaultdict": collections.defaultdict,
                   "_codecs.encode": _latin1_bytes,
@@ -103,7 +105,7 @@ def _allowed() -> dict:
                   for name in PATHS})
     for name in TORCH_FUNCTIONS:
         module, attr = name.rsplit(".", 1)
-        table[name] = getattr(__import__(module, fromlist=[attr]), attr)
+        table[name] = getattr(importlib.import_module(module), attr)
     table.update({f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
     return table
 

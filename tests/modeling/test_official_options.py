@@ -134,7 +134,8 @@ def test_rc_half_head_order_needs_an_rc_half_and_defaults_to_kept():
 
     assert ModelConfig.from_dict(dict(vocab_size=12, rc_mode="param_sharing_halves", head="mlm",
                                       slstm_positions=[0])).rc_half_slstm_head_order == "kept"
-    with pytest.raises(ModelConfigError, match="rc_half_slstm_head_order='reversed' applies to rc_mode=param_sharing_halves"):
+    with pytest.raises(ModelConfigError,
+                       match="rc_half_slstm_head_order='reversed' applies to rc_mode=param_sharing_halves"):
         tiny(rc_half_slstm_head_order="reversed")
     with pytest.raises(ModelConfigError, match="rc_half_slstm_head_order must be one of"):
         tiny(vocab_size=12, rc_mode="param_sharing_halves", head="mlm", rc_half_slstm_head_order="flipped")

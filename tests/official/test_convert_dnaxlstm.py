@@ -168,7 +168,8 @@ def test_unsupported_official_config_is_refused_by_name(tmp_path, kinds, overrid
 def test_checkpoint_with_python_objects_is_refused_in_one_line(tmp_path):
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": NotPlainData()}, path)
-    with pytest.raises(ConversionError, match=r"needs the Python global .*\.NotPlainData, which is not plain data") as info:
+    with pytest.raises(ConversionError,
+                       match=r"needs the Python global .*\.NotPlainData, which is not plain data") as info:
         convert_official("dnaxlstm", path, tmp_path / "export")
     assert "\n" not in str(info.value)
 
@@ -193,10 +194,11 @@ def test_project_only_designs_are_refused_for_the_official_format(tmp_path):
                          head="mlm", position_encoding="rope_head", proj_multiple_of=64, proj_rounding="down")
     with pytest.raises(ConversionError, match="bidirectional_residual='branch'"):
         check_representable(branch, "dnaxlstm")
-    rc_kept = ModelConfig(vocab_size=12, d_model=48, num_blocks=2, slstm_positions=[0, 1], slstm_gate_layout="headwise",
-                          rc_mode="param_sharing_halves", head="mlm", bidirectional="weight_tied",
-                          bidirectional_residual="whole_block", reversed_positions="flipped_index",
-                          ffn_multiple_of=8, ffn_rounding="down", norm_weight_offset=True)
+    rc_kept = ModelConfig(vocab_size=12, d_model=48, num_blocks=2, slstm_positions=[0, 1],
+                          slstm_gate_layout="headwise", rc_mode="param_sharing_halves", head="mlm",
+                          bidirectional="weight_tied", bidirectional_residual="whole_block",
+                          reversed_positions="flipped_index", ffn_multiple_of=8, ffn_rounding="down",
+                          norm_weight_offset=True)
     with pytest.raises(ConversionError, match="rc_half_slstm_head_order='kept' .*has 'reversed'"):
         check_representable(rc_kept, "dnaxlstm")
     check_representable(dataclasses.replace(rc_kept, rc_half_slstm_head_order="reversed"), "dnaxlstm")

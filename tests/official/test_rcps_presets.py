@@ -62,7 +62,8 @@ def test_equivariant_rcps_slstm_preset_is_rc_equivariant(size):
 
 
 def test_both_presets_have_the_same_weights():
-    official, equivariant = (load_model_config(f"dna_xlstm_500k_mlm_{n}") for n in ("rcps_slstm", "rcps_slstm_equivariant"))
+    official, equivariant = (load_model_config(f"dna_xlstm_500k_mlm_{name}")
+                             for name in ("rcps_slstm", "rcps_slstm_equivariant"))
     with torch.device("meta"):
         shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (official, equivariant)]
     assert shapes[0] == shapes[1]
@@ -106,6 +107,7 @@ def test_paper_rcps_preset_exports_to_the_official_config_and_logits(tmp_path):
         assert rel_err(model(ids), ref.forward(state, spec, ids)) <= 1e-10
     # the equivariant variant has no official counterpart: refused naming the option
     eq_cfg, eq_model = random_model("dna_xlstm_500k_mlm_rcps_slstm_equivariant")
-    with pytest.raises(ConversionError, match="model.rc_half_slstm_head_order='kept' \\(the dnaxlstm format has 'reversed'\\)"):
+    with pytest.raises(ConversionError,
+                       match=r"model.rc_half_slstm_head_order='kept' \(the dnaxlstm format has 'reversed'\)"):
         export_official(write_export_dir(tmp_path / "eq", eq_cfg, eq_model), tmp_path / "eq_official", "dnaxlstm")
     assert not (tmp_path / "eq_official").exists()
