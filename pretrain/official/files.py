@@ -55,13 +55,13 @@ def load_pickle(path: Path):
 
 def load_training_checkpoint(path: Path):
     """A training checkpoint (Lightning .ckpt, omegaconf hyper_parameters) as plain data."""
-    from pretrain.official.safe_unpickle import NotACheckpoint, RefusedGlobal, load_checkpoint
+    from pretrain.official.safe_unpickle import NotACheckpoint, Refused, load_checkpoint
 
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
         return load_checkpoint(path)
-    except RefusedGlobal as err:
+    except Refused as err:
         raise ConversionError(f"{path}: {err}; refusing it (re-save the checkpoint with plain dicts "
                               "and lists if the object is needed)") from None
     except NotACheckpoint as err:

@@ -2,15 +2,21 @@
 from them, omegaconf configs included, with or without omegaconf installed.
 
 A pickle reaches Python callables only through `Unpickler.find_class` (GLOBAL, STACK_GLOBAL,
-INST and the extension-registry opcodes all call it); REDUCE, NEWOBJ and BUILD act only on
-what it returned or on plain data. `SafeUnpickler.find_class` is the gate. It gives:
+INST and the extension-registry opcodes all call it); REDUCE and NEWOBJ act only on what it
+returned or on plain data. `SafeUnpickler.find_class` is the gate. It gives:
 - the tensor-rebuild functions torch.save writes, torch dtypes, `torch.Size`, `torch.device`;
 - plain builtin types, `collections.OrderedDict` / `defaultdict`, protocol 2's bytes re-encoding
   (`_codecs.encode`, latin-1 only);
 - stand-ins for omegaconf's containers (DictConfig, ListConfig), their metadata and value nodes,
   for `typing.Any` and for pathlib paths (rebuilt as strings): a stand-in only records the state
   the pickle hands it; nothing of omegaconf is imported;
-and refuses every other global with `RefusedGlobal`, naming it. `plain` then turns the stand-ins
+and refuses every other global with `RefusedGlobal`, naming it. BUILD, the one opcode that sets
+attributes, is narrowed too: it fills a stand-in or the `_metadata` of a state-dict OrderedDict
+and nothing else (pickle's own would setattr on any object, e.g. an allowed function's
+`__defaults__`, changing it for the rest of the process); that needs pickle's Python
+implementation (`pickle._Unpickler`, whose opcode table can be changed), fast enough for the
+small object graph of a checkpoint (the tensors' bytes are separate records). Each load gets
+fresh stand-in classes. `plain` then turns the stand-ins
 into dicts, lists and values (as `OmegaConf.to_container` would, whole-value `${a.b}` / `${.x}`
 interpolations resolved; resolver calls such as `${oc.env:X}` stay strings), and a class
 reference (Lightning's `hparams_type`) into its dotted name.
@@ -48,7 +54,11 @@ BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", 
 PATHS = ("Path", "PosixPath", "PurePath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
 
 
-class RefusedGlobal(pickle.UnpicklingError):
+class Refused(pickle.UnpicklingError):
+    """The pickle asks for something this loader does not do."""
+
+
+class RefusedGlobal(Refused):
     """The pickle names a global outside the allow-list; `name` is its dotted name."""
 
     def __init__(self, name: str):
@@ -110,20 +120,35 @@ def _allowed() -> dict:
     return table
 
 
-class SafeUnpickler(pickle.Unpickler):
-    _table = None
+class SafeUnpickler(pickle._Unpickler):
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
+        self._allowed = _allowed()
 
     def find_class(self, module, name):
         # protocol 2 (torch.save's) writes Python 2 names: map them as pickle's own find_class does
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if SafeUnpickler._table is None:
-            SafeUnpickler._table = _allowed()
         dotted = f"{module}.{name}"
-        if dotted not in SafeUnpickler._table:
+        if dotted not in self._allowed:
             raise RefusedGlobal(dotted)
-        return SafeUnpickler._table[dotted]
+        return self._allowed[dotted]
+
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, PickledObject):
+            inst.__setstate__(state)
+        elif (type(inst) is collections.OrderedDict and isinstance(state, dict)
+              and all(isinstance(key, str) for key in state)):
+            vars(inst).update(state)                 # a module state_dict's `_metadata`
+        else:
+            raise Refused(f"the file sets attributes of a {type(inst).__name__} (pickle BUILD), which "
+                          "only omegaconf objects and state-dict OrderedDicts have here")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 Unpickler = SafeUnpickler       # the names torch.load uses of its pickle_module

@@ -45,9 +45,11 @@ def training_states(seed=0):
 def lightning_checkpoint(path, state, config, hyper_parameters=True):
     """What Lightning 1.8.6 `dump_checkpoint` writes for the official DNA-xLSTM run."""
     optimizer_state, scheduler_state = training_states()
+    state_dict = collections.OrderedDict(("model.backbone." + k, v) for k, v in state.items())
+    state_dict._metadata = collections.OrderedDict([("", {"version": 1}), ("model.backbone", {"version": 1})])
     ckpt = {
         "epoch": 3, "global_step": 1200, "pytorch-lightning_version": "1.8.6",
-        "state_dict": collections.OrderedDict(("model.backbone." + k, v) for k, v in state.items()),
+        "state_dict": state_dict,                              # as nn.Module.state_dict() returns it
         "loops": {"fit_loop": {"state_dict": {}, "epoch_loop.state_dict": {"_batches_that_stepped": 1200},
                                "epoch_loop.batch_progress": {"total": {"ready": 1200, "completed": 1200},
                                                              "is_last_batch": False}},
@@ -179,6 +181,20 @@ def test_dotted_names_cannot_reach_through_an_allowed_module(tmp_path):
     with pytest.raises(RefusedGlobal, match="omegaconf.dictconfig.DictConfig.__init__"):
         loads(stack_global_call("omegaconf.dictconfig", "DictConfig.__init__", "x"))
     assert not marker.exists()
+
+
+def test_attributes_are_set_only_on_omegaconf_objects_and_state_dicts():
+    # BUILD with slot state would setattr on anything: here an allowed torch function's defaults
+    from pretrain.official.safe_unpickle import Refused
+
+    text = lambda s: b"\x8c" + bytes([len(s.encode())]) + s.encode()   # noqa: E731
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    data = (b"\x80\x04" + text("torch._utils") + text("_rebuild_tensor_v2") + b"\x93"   # the function
+            + b"N}" + text("__defaults__") + b"K\x07\x85s\x86b.")                       # (None, {...}) BUILD
+    assert [op.name for op, _, _ in pickletools.genops(data)][-2:] == ["BUILD", "STOP"]
+    with pytest.raises(Refused, match="sets attributes of a function"):
+        loads(data)
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
