@@ -21,6 +21,7 @@ RC_MODES = ("none", "param_sharing", "param_sharing_halves", "post_hoc")
 POSITION_ENCODINGS = ("none", "rope_inner", "rope_head")
 ROUNDINGS = ("nearest", "up", "down")
 SLSTM_GATE_LAYOUTS = ("full", "headwise")
+RC_HALF_SLSTM_HEAD_ORDERS = ("kept", "reversed")
 HEADS = ("lm", "mlm")
 
 
@@ -57,6 +58,10 @@ class ModelConfig:
     Caduceus-style RC parameter sharing of DNA-xLSTM: hidden = [forward half | RC half] of
     width d_model each, one shared width-d_model trunk per half, logits of both halves summed;
     "post_hoc" = average the predictions on x and RC(x). All need DNA token ids.
+    rc_half_slstm_head_order (param_sharing_halves with sLSTM blocks): "reversed" = the official
+    RC-PS sLSTM: for the RC half the layer (called with is_rc_flipped) reverses the order of the
+    heads of the cell output, group-norms that and keeps the reversed order, so the model is not
+    RC-equivariant; "kept" = every half's heads in their own order: exactly RC-equivariant.
     Defaults are the project's former behaviour, so saved configs without a newer key keep
     their meaning; the paper presets in configs/models/ set the official values.
     """
@@ -84,6 +89,7 @@ class ModelConfig:
     reversed_blocks: str = "odd"
     reversed_positions: str = "own"
     rc_mode: str = "none"
+    rc_half_slstm_head_order: str = "kept"
     position_encoding: str = "none"
     rope_theta: float = 500000.0
     max_position_id: int = 2047
@@ -153,6 +159,8 @@ class ModelConfig:
             drop.add("reversed_positions")
         if self.num_sequence_index == 0:
             drop.add("cls_token_id")
+        if self.rc_mode != "param_sharing_halves" or not self.slstm_positions:
+            drop.add("rc_half_slstm_head_order")
         out["slstm_positions"] = sorted(self.slstm_positions)
         return {k: v for k, v in out.items() if k not in drop}
 
@@ -197,7 +205,8 @@ class ModelConfig:
                               ("slstm_gate_layout", SLSTM_GATE_LAYOUTS),
                               ("bidirectional_residual", BIDIRECTIONAL_RESIDUALS),
                               ("reversed_blocks", REVERSED_BLOCKS),
-                              ("reversed_positions", REVERSED_POSITIONS)):
+                              ("reversed_positions", REVERSED_POSITIONS),
+                              ("rc_half_slstm_head_order", RC_HALF_SLSTM_HEAD_ORDERS)):
             need(getattr(self, name) in allowed,
                  f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         need(self.ffn_proj_factor > 0, f"ffn_proj_factor must be > 0, got {self.ffn_proj_factor}")
@@ -234,6 +243,9 @@ class ModelConfig:
         if self.rc_mode == "param_sharing_halves":
             need(self.num_sequence_index == 0,
                  "rc_mode=param_sharing_halves: num_sequence_index must be 0")
+        need(self.rc_mode == "param_sharing_halves" or self.rc_half_slstm_head_order == "kept",
+             f"rc_half_slstm_head_order={self.rc_half_slstm_head_order!r} applies to "
+             "rc_mode=param_sharing_halves only (there is no RC half otherwise): set it to 'kept'")
         if self.rc_mode == "param_sharing":
             need(self.d_model % 2 == 0, "rc_mode=param_sharing needs an even d_model")
             need(self.bidirectional == "none",

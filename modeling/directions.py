@@ -7,6 +7,8 @@ pass; `reversed_positions` (B, S) are those of a right-to-left pass, already in 
 order (the model builds them by `ModelConfig.reversed_positions`; None for causal stacks).
 `resets` (modeling.documents.BlockResets, None unless the row is packed) tells each pass where
 documents begin in its own direction: a right-to-left pass resets at every document's end.
+`rc_half` is True while the model runs the RC half of rc_mode=param_sharing_halves; it reaches
+the block (the official RC-PS sLSTM treats that half differently, `rc_half_slstm_head_order`).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
-        return x + self.inner(x, positions, cp_group, resets=_forward(resets))
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None, rc_half=False):
+        return x + self.inner(x, positions, cp_group, resets=_forward(resets), rc_half=rc_half)
 
     def init_state(self, batch_size, device=None, dtype=torch.float32):
         return self.inner.init_state(batch_size, device, dtype)
@@ -43,8 +45,8 @@ class ReversedBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
-        return x + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets)
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None, rc_half=False):
+        return x + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets, rc_half)
 
 
 class WeightTiedBidirectionalBlock(nn.Module):
@@ -57,9 +59,9 @@ class WeightTiedBidirectionalBlock(nn.Module):
         self.inner = inner
         self.whole_block = whole_block
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
-        both = (self.inner(x, positions, cp_group, resets=_forward(resets))
-                + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets))
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None, rc_half=False):
+        both = (self.inner(x, positions, cp_group, resets=_forward(resets), rc_half=rc_half)
+                + _reversed_branch(self.inner, x, reversed_positions, cp_group, resets, rc_half))
         return (2 * x if self.whole_block else x) + both
 
 
@@ -73,7 +75,7 @@ class RCSharedBlock(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None):
+    def forward(self, x, positions=None, cp_group=None, reversed_positions=None, resets=None, rc_half=False):
         rc = reverse_complement_hidden
         back = rc(self.inner(rc(x), reversed_positions, cp_group, reverse=cp_group is not None,
                              resets=_reverse(resets)))
@@ -88,9 +90,9 @@ def _reverse(resets):
     return None if resets is None else resets.reverse
 
 
-def _reversed_branch(inner, x, reversed_positions, cp_group, resets):
+def _reversed_branch(inner, x, reversed_positions, cp_group, resets, rc_half=False):
     out = inner(x.flip(1), reversed_positions, cp_group, reverse=cp_group is not None,
-                resets=_reverse(resets))
+                resets=_reverse(resets), rc_half=rc_half)
     return out.flip(1)
 
 

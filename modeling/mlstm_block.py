@@ -94,8 +94,9 @@ class MLSTMBlock(nn.Module):
         return self.proj_down(h * F.silu(z))
 
     # -- whole sequence ------------------------------------------------------------------------
-    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None):
+    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None, rc_half=False):
         """x (B, S, d) -> residual branch (B, S, d). `positions` (B, S) long (needed with RoPE).
+        `rc_half` changes nothing here (both halves of an RC-PS model run the same mLSTM).
 
         With `cp_group`, x is this rank's contiguous slice of the (already locally flipped when
         `reverse`) sequence: the conv halo and the mLSTM state come from the other ranks.

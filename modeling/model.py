@@ -127,12 +127,12 @@ class XLSTMModel(nn.Module):
         B, S = input_ids.shape
         return DocumentLayout(document_starts, B, S, cp_group, self.cfg.conv_kernel_size, input_ids.device)
 
-    def _trunk(self, input_ids, position_ids, cp_group, sequence_index, documents):
+    def _trunk(self, input_ids, position_ids, cp_group, sequence_index, documents, rc_half=False):
         positions, reversed_positions = self._positions(position_ids, documents)
         x = self._embed(input_ids, sequence_index, documents)
         resets = documents.block_resets()
         for block in self.blocks:
-            x = block(x, positions, cp_group, reversed_positions, resets)
+            x = block(x, positions, cp_group, reversed_positions, resets, rc_half=rc_half)
         return self.final_norm(x)
 
     # -- public API ------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class XLSTMModel(nn.Module):
         fwd = self._trunk(input_ids, position_ids, None, sequence_index, documents)
         if self.cfg.rc_mode == "param_sharing_halves":
             # the RC half runs the shared trunk on the RC strand in its own order (positions 0..L-1)
-            bwd = self._trunk(rc_ids, None, None, None, rc_documents)
+            bwd = self._trunk(rc_ids, None, None, None, rc_documents, rc_half=True)
             if return_hidden:
                 return torch.cat([fwd, bwd.flip(1).flip(-1)], dim=-1)
             return self._project(fwd) + reverse_complement_logits(self._project(bwd))

@@ -11,6 +11,11 @@ official xLSTM sLSTM layer) uses four block-diagonal per-head maps, one per gate
 layer calls the map feeding the input gate `fgate` and the one feeding the forget gate `igate`
 (its forward reads `i, f = fgate(x_conv), igate(x_conv)`); here they are named by the gate they
 feed, `gate_i` and `gate_f`, and the converter's key table swaps the names.
+
+The official RC-PS model (rc_mode=param_sharing_halves) calls its sLSTM layer for the RC half
+with `is_rc_flipped`: the cell output's heads are put in reverse order before the per-head group
+norm, and the normed output stays in that order. `rc_half_slstm_head_order: reversed` does the
+same when the block runs for the RC half (`rc_half=True`); "kept" leaves the heads in place.
 """
 from __future__ import annotations
 
@@ -100,14 +105,15 @@ class SLSTMBlock(nn.Module):
             z, o = self.gate_zo(xn).chunk(2, dim=-1)
         return torch.stack([i, f, z, o], dim=-2)            # (..., 4, d)
 
-    def _finish(self, x, h):
-        H = self.cfg.slstm_num_heads
-        y = x + self.outnorm(h.to(x.dtype).unflatten(-1, (H, -1)))
+    def _finish(self, x, h, heads_reversed=False):
+        heads = h.to(x.dtype).unflatten(-1, (self.cfg.slstm_num_heads, -1))
+        y = x + self.outnorm(heads.flip(-2) if heads_reversed else heads)
         return y + self._ffn(y) - x
 
-    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None):
+    def forward(self, x, positions=None, cp_group=None, reverse=False, resets=None, rc_half=False):
         """x (B, S, d) -> residual branch (B, S, d); positions are not used (recurrence orders).
-        `resets` (modeling.documents.PassResets): the fresh state at every document start."""
+        `resets` (modeling.documents.PassResets): the fresh state at every document start.
+        `rc_half`: this call computes the RC half of an RC-PS model (see the module docstring)."""
         if cp_group is not None:
             raise ContextParallelError(
                 "sLSTM blocks cannot run context parallel (their state is not passed between "
@@ -123,7 +129,8 @@ class SLSTMBlock(nn.Module):
                 state = {name: torch.where(keep, value, fresh[name]) for name, value in state.items()}
             h, state = self.cell.step(wx[:, t], state)
             hs.append(h)
-        return self._finish(x, torch.stack(hs, dim=1))
+        heads_reversed = rc_half and self.cfg.rc_half_slstm_head_order == "reversed"
+        return self._finish(x, torch.stack(hs, dim=1), heads_reversed)
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> dict:
         state = self.cell.init_state(batch_size, device, torch.promote_types(dtype, torch.float32))

@@ -26,12 +26,15 @@ FORMATS_HELP = """official formats (the Bio-xLSTM papers' code, ml-jku):
   protxlstm  Prot-xLSTM: a directory with config.json (asdict of xLSTMLMModelConfig) and
              pytorch_model.bin (or model.safetensors); tensors prefixed backbone.
   dnaxlstm   DNA-xLSTM: a PyTorch Lightning .ckpt, weights in state_dict prefixed
-             model.backbone., model config in hyper_parameters.model.config (written with a
-             model_config.json beside it, the file the official downstream scripts read)
+             model.backbone., model config in hyper_parameters.model.config (an omegaconf
+             DictConfig in training checkpoints) and/or a model_config.json beside it (the
+             file the official downstream scripts read); the two must agree
   chemxlstm  Chem-xLSTM: a directory with model.pt (state dict prefixed model.) and
              init_arguments.json (sizes and the data-built vocabulary token2label)
-Official files are pickles and are loaded with torch.load(weights_only=True) only. Official
-config values this project does not implement exactly are refused by name."""
+Official files are pickles: weights files are loaded with torch.load(weights_only=True) only,
+DNA-xLSTM training checkpoints with an allow-listing unpickler that reads omegaconf configs as
+plain data; any other Python object in a file is refused by name and nothing in it runs.
+Official config values this project does not implement exactly are refused by name."""
 
 
 def register(subparsers) -> None:
@@ -129,8 +132,9 @@ def _register_convert(subparsers) -> None:
                         help="chemxlstm only, required: the model's head count (init_arguments.json "
                              "stores 1 whatever it was; 1 for Chem-xLSTM 1.6M, 8 for 15M)")
     parser.add_argument("--model-config", default=None, metavar="JSON",
-                        help="dnaxlstm only: model_config.json to use when the .ckpt holds no "
-                             "hyper_parameters.model.config")
+                        help="dnaxlstm only: the model_config.json to read (default: the one beside "
+                             "the .ckpt, if any); checked against hyper_parameters.model.config "
+                             "where the .ckpt holds one")
     _add_force(parser)
     parser.set_defaults(handler=_run_convert)
 

@@ -4,8 +4,14 @@ Layout (DESIGN.md section 11): a PyTorch Lightning `.ckpt`; the weights in
 `ckpt["state_dict"]` prefixed `model.backbone.`, the model config in
 `ckpt["hyper_parameters"]["model"]["config"]`: the keyword arguments of the official
 `xLSTMConfig` (models/dna_xlstm/modelling_xlstm.py), the keys of configs/model/xlstm.yaml.
-A checkpoint without hyper_parameters converts with `--model-config model_config.json` (the
-file the official downstream scripts pass as `model.config_path`).
+The checkpoint is read with the allow-listing unpickler (`safe_unpickle.py`): the official
+training (Lightning 1.8.6, hydra) pickles hyper_parameters as an omegaconf DictConfig next to
+`loops`, `callbacks`, `optimizer_states`, `lr_schedulers`; only `state_dict` and the model
+section are used. The model config comes from hyper_parameters and/or a `model_config.json`
+(the file the official downstream scripts pass as `model.config_path`, a model section or the
+bare config): `--model-config PATH`, else the one beside the .ckpt (or beside its
+`checkpoints/` directory). Where both exist they must agree key by key (keys that do not change
+the model excepted), else the conversion stops naming the key.
 
 The official config, key by key (`xLSTMConfig` defaults when absent):
   d_model, n_layer -> num_blocks, vocab_size (12..16: the DNA vocabulary; the official model
@@ -18,8 +24,9 @@ The official config, key by key (`xLSTMConfig` defaults when absent):
   s_proj_factor / s_round_proj_up_to_multiple_of / s_round_proj_up_dim_up -> ffn_proj_factor /
   ffn_multiple_of / ffn_rounding, bidirectional (+ bidirectional_alternating) -> weight_tied
   whole-block or alternating with the even blocks reversed, reversed passes at RoPE positions
-  0..S-1 along the flipped sequence; rcps -> param_sharing_halves (sLSTM stacks only, as the
-  official code); complement_map must be the DNA complement map.
+  0..S-1 along the flipped sequence; rcps -> param_sharing_halves with the RC half's sLSTM heads
+  reversed (rc_half_slstm_head_order: reversed, the official layer's is_rc_flipped; sLSTM
+  stacks only, as the official code); complement_map must be the DNA complement map.
   Must keep their defaults: m_conv1d_causal, s_conv1d_causal (true), m_backend_bidirectional,
   s_position_embeddings (false). Ignored (no effect on the model): tie_weights (the official
   model never ties its head), max_length, pad_vocab_size_multiple, m_backend, m_chunk_size,
@@ -34,7 +41,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretrain.errors import ConversionError
-from pretrain.official.files import OfficialCheckpoint, OfficialConfig, load_pickle, read_json, strip_prefix, tensor_dict
+from pretrain.official.files import (
+    OfficialCheckpoint, OfficialConfig, load_training_checkpoint, read_json, strip_prefix, tensor_dict,
+)
 from pretrain.official.keys import FAMILY_PREFIX
 
 FAMILY = "dnaxlstm"
@@ -48,16 +57,16 @@ REPRESENTATION_ONLY = ("norm_weight_offset", "tie_embeddings", "max_position_id"
 DEFAULTS = dict(d_model=256, n_layer=4, vocab_size=16, m_conv1d_kernel_size=4, m_qkv_proj_blocksize=4,
                 m_num_heads=4, m_proj_factor=2.0, m_position_embeddings=False, m_bias=False, s_num_heads=4,
                 s_conv1d_kernel_size=4, s_lstm_at=[], s_proj_factor=1.3, s_round_proj_up_dim_up=True,
-                s_round_proj_up_to_multiple_of=64)
+                s_round_proj_up_to_multiple_of=64, m_conv1d_causal=True, s_conv1d_causal=True,
+                m_backend_bidirectional=False, s_position_embeddings=False, bidirectional=False,
+                bidirectional_alternating=False, rcps=False, complement_map=None)
 
 
 def model_config_from_official(data: dict, where: str) -> dict:
     c = OfficialConfig(data, where)
     c.ignore(*IGNORED, *[key for key in data if key.startswith("_")])
-    for key in ("m_conv1d_causal", "s_conv1d_causal"):
-        c.only(key, True, (True,), bool)
-    for key in ("m_backend_bidirectional", "s_position_embeddings"):
-        c.only(key, False, (False,), bool)
+    for key in ("m_conv1d_causal", "s_conv1d_causal", "m_backend_bidirectional", "s_position_embeddings"):
+        c.only(key, DEFAULTS[key], (DEFAULTS[key],), bool)
     get = lambda key, kind: c.get(key, DEFAULTS[key], kind)   # noqa: E731
     num_blocks, vocab = get("n_layer", int), get("vocab_size", int)
     if not 12 <= vocab <= 16:
@@ -75,14 +84,14 @@ def model_config_from_official(data: dict, where: str) -> dict:
     if conv < 1:
         c.refuse("m_conv1d_kernel_size" if has_mlstm else "s_conv1d_kernel_size", conv,
                  "(no causal conv) is not implemented here")
-    bidirectional = c.get("bidirectional", False, bool)
-    alternating = c.get("bidirectional_alternating", False, bool)
+    bidirectional = get("bidirectional", bool)
+    alternating = get("bidirectional_alternating", bool)
     if alternating and not bidirectional:
         c.refuse("bidirectional_alternating", True, "without bidirectional=true has no defined meaning")
-    rcps = c.get("rcps", False, bool)
+    rcps = get("rcps", bool)
     if rcps and has_mlstm:
         c.refuse("rcps", True, "with mLSTM blocks: the official RC parameter sharing covers sLSTM models only")
-    complement = c.get("complement_map", None)
+    complement = get("complement_map", None)
     if complement:
         if not _is_dna_complement_map(complement):
             c.refuse("complement_map", complement, "is not the DNA complement map (A7<->T10, C8<->G9)")
@@ -98,7 +107,8 @@ def model_config_from_official(data: dict, where: str) -> dict:
         ffn_proj_factor=get("s_proj_factor", float), ffn_multiple_of=get("s_round_proj_up_to_multiple_of", int),
         ffn_rounding="up" if get("s_round_proj_up_dim_up", bool) else "down",
         tie_embeddings=False, head="mlm" if bidirectional or rcps else "lm",
-        rc_mode="param_sharing_halves" if rcps else "none")
+        rc_mode="param_sharing_halves" if rcps else "none",
+        rc_half_slstm_head_order="reversed" if rcps else "kept")
     if bidirectional:
         model.update(bidirectional="alternating" if alternating else "weight_tied",
                      bidirectional_residual="whole_block", reversed_blocks="even",
@@ -162,24 +172,65 @@ def read(src: Path, model_config_path: str | None = None, **_) -> OfficialCheckp
             raise ConversionError(f"{src}: pass the DNA-xLSTM .ckpt file itself (found "
                                   f"{[p.name for p in found] or 'no .ckpt file'})")
         src = found[0]
-    ckpt = load_pickle(src)
+    ckpt = load_training_checkpoint(src)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConversionError(f"{src}: not a PyTorch Lightning checkpoint (no 'state_dict' entry)")
-    sources = [src]
-    if model_config_path is not None:
-        section = read_json(Path(model_config_path))
-        where = str(model_config_path)
-        sources.append(Path(model_config_path))
-    else:
-        section = ((ckpt.get("hyper_parameters") or {}).get("model")) if isinstance(ckpt.get("hyper_parameters"), dict) else None
-        where = f"{src} hyper_parameters.model"
-        if not isinstance(section, dict):
-            raise ConversionError(f"{src}: holds no hyper_parameters.model.config; pass --model-config "
-                                  "model_config.json (the run's model section)")
-    config = section.get("config", section) if isinstance(section, dict) else section
+    hyper_parameters = ckpt.get("hyper_parameters")
+    in_ckpt = hyper_parameters.get("model") if isinstance(hyper_parameters, dict) else None
+    ckpt_where = f"{src} hyper_parameters.model"
+    json_path = Path(model_config_path) if model_config_path is not None else _model_config_beside(src)
+    in_json = read_json(json_path) if json_path is not None else None
+    if not isinstance(in_ckpt, dict) and in_json is None:
+        raise ConversionError(f"{src}: holds no hyper_parameters.model.config and no "
+                              f"{WRITTEN_NAMES['model_config']} lies beside it; pass --model-config "
+                              "model_config.json (the run's model section)")
+    if isinstance(in_ckpt, dict) and in_json is not None:
+        check_same_model(_config_of(in_ckpt), f"{ckpt_where}.config", _config_of(in_json), str(json_path))
+    section, where = (in_ckpt, ckpt_where) if isinstance(in_ckpt, dict) else (in_json, str(json_path))
+    config = _config_of(section)
     model_config = model_config_from_official(config, f"{where}.config" if "config" in section else where)
     weights = strip_prefix(tensor_dict(ckpt["state_dict"], str(src)), FAMILY_PREFIX[FAMILY], str(src))
+    sources = [src] + ([json_path] if in_json is not None else [])
     return OfficialCheckpoint(model_config, weights, DNATokenizer().to_dict(), sources, config)
+
+
+def _config_of(section: dict):
+    """The xLSTMConfig keys of a hydra model section ({"_name_", "config"}) or a bare config."""
+    return section.get("config", section)
+
+
+def _model_config_beside(src: Path) -> Path | None:
+    """model_config.json next to the .ckpt, or next to its checkpoints/ directory (our layout)."""
+    places = [src.parent] + ([src.parent.parent] if src.parent.name == "checkpoints" else [])
+    found = [place / WRITTEN_NAMES["model_config"] for place in places]
+    return next((path for path in found if path.is_file()), None)
+
+
+def check_same_model(first: dict, first_where: str, second, second_where: str) -> None:
+    """The two official configs describe one model: every key that changes the model agrees
+    (an absent key counts as its xLSTMConfig default)."""
+    if not isinstance(second, dict):
+        raise ConversionError(f"{second_where}: expected a mapping, got {type(second).__name__}")
+    if not isinstance(first, dict):
+        raise ConversionError(f"{first_where}: expected a mapping, got {type(first).__name__}")
+    for key in sorted(set(first) | set(second), key=str):
+        if str(key).startswith("_") or key in IGNORED:
+            continue
+        a, b = (_comparable(key, c.get(key, DEFAULTS.get(key))) for c in (first, second))
+        if a != b and not (key == "complement_map" and None in (a, b)):
+            raise ConversionError(
+                f"{second_where}: {key}={second.get(key, DEFAULTS.get(key))!r} but {first_where} has "
+                f"{key}={first.get(key, DEFAULTS.get(key))!r}; the two model configs must describe one model "
+                "(pass the matching --model-config or remove the stray file)")
+
+
+def _comparable(key: str, value):
+    if key == "complement_map" and isinstance(value, dict):
+        try:
+            return {int(k): int(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            return value
+    return value
 
 
 def check_tokenizer(tokenizer: dict) -> None:

@@ -1,8 +1,11 @@
 """Reading official files safely and official config dicts strictly.
 
-Official checkpoints are pickles: they are loaded with `torch.load(weights_only=True)` only,
-which unpickles tensors and plain containers and nothing else; a file that needs more (a
-class, an OmegaConf object) is refused with one line saying how to re-save it. Official config
+Official checkpoints are pickles: released weights files are loaded with
+`torch.load(weights_only=True)` only, which unpickles tensors and plain containers and nothing
+else; a file that needs more is refused with one line saying how to re-save it. Training
+checkpoints (Lightning `.ckpt`, whose hyper_parameters are an omegaconf DictConfig) go through
+the allow-listing unpickler of `safe_unpickle.py`, which reads omegaconf configs as plain data
+and refuses every other global by name. Official config
 dicts are read key by key (`OfficialConfig`): every key is used, knowingly ignored, or refused
 by name, so an option this project does not implement exactly is never approximated.
 """
@@ -45,6 +48,25 @@ def load_pickle(path: Path):
             f"torch.load(weights_only=True) refuses ({what}); re-save it with plain dicts "
             "and lists (e.g. OmegaConf.to_container for configs)") from None
     except Exception as err:  # truncated zip, not a torch file at all
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+        raise ConversionError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first}); "
+                              "the file is damaged or of another format") from None
+
+
+def load_training_checkpoint(path: Path):
+    """A training checkpoint (Lightning .ckpt, omegaconf hyper_parameters) as plain data."""
+    from pretrain.official.safe_unpickle import NotACheckpoint, Refused, load_checkpoint
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return load_checkpoint(path)
+    except Refused as err:
+        raise ConversionError(f"{path}: {err}; refusing it (re-save the checkpoint with plain dicts "
+                              "and lists if the object is needed)") from None
+    except NotACheckpoint as err:
+        raise ConversionError(f"{path}: {err}") from None
+    except Exception as err:  # damaged, truncated, another format, nested past the recursion limit
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
         raise ConversionError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first}); "
                               "the file is damaged or of another format") from None

@@ -30,6 +30,10 @@ VARIANTS = {
     "rc_equivariant_mlstm": dict(rc_mode="param_sharing", head="mlm", vocab_size=16),
     "rc_ps_slstm_halves": dict(rc_mode="param_sharing_halves", head="mlm", vocab_size=12, slstm_positions=[0, 1],
                                position_encoding="none"),
+    "rc_ps_slstm_official": dict(rc_mode="param_sharing_halves", rc_half_slstm_head_order="reversed", head="mlm",
+                                 vocab_size=12, slstm_positions=[0, 1], slstm_gate_layout="headwise",
+                                 bidirectional="weight_tied", bidirectional_residual="whole_block",
+                                 position_encoding="none"),
     "rc_post_hoc": dict(rc_mode="post_hoc", bidirectional="weight_tied", head="mlm", vocab_size=12),
 }
 

@@ -129,6 +129,22 @@ def test_param_sharing_halves_is_rc_equivariant(fields):
     assert rel_err(model(rc, return_hidden=True), hidden.flip(1).flip(-1)) <= 1e-5
 
 
+def test_rc_half_head_order_needs_an_rc_half_and_defaults_to_kept():
+    from modeling import ModelConfigError
+
+    assert ModelConfig.from_dict(dict(vocab_size=12, rc_mode="param_sharing_halves", head="mlm",
+                                      slstm_positions=[0])).rc_half_slstm_head_order == "kept"
+    with pytest.raises(ModelConfigError,
+                       match="rc_half_slstm_head_order='reversed' applies to rc_mode=param_sharing_halves"):
+        tiny(rc_half_slstm_head_order="reversed")
+    with pytest.raises(ModelConfigError, match="rc_half_slstm_head_order must be one of"):
+        tiny(vocab_size=12, rc_mode="param_sharing_halves", head="mlm", rc_half_slstm_head_order="flipped")
+    # without sLSTM blocks the option changes nothing, and the architecture says so
+    mlstm_only = tiny(vocab_size=12, rc_mode="param_sharing_halves", head="mlm")
+    assert mlstm_only.architecture_dict() == dataclasses.replace(
+        mlstm_only, rc_half_slstm_head_order="reversed").architecture_dict()
+
+
 def test_architecture_dict_ignores_what_does_not_apply():
     base = tiny(position_encoding="none")
     assert base.architecture_dict() == dataclasses.replace(base, rope_theta=1.0, slstm_gate_layout="headwise",

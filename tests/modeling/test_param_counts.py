@@ -49,7 +49,8 @@ def test_dna_2m_clm_official_breakdown():
     assert count("dna_xlstm_2m_clm") == 4 * block + 2 * 12 * 256 + 256
 
 
-@pytest.mark.parametrize("name", ["dna_xlstm_500k_mlm_slstm", "dna_xlstm_500k_mlm_rcps_slstm"])
+@pytest.mark.parametrize("name", ["dna_xlstm_500k_mlm_slstm", "dna_xlstm_500k_mlm_rcps_slstm",
+                                  "dna_xlstm_500k_mlm_rcps_slstm_equivariant"])
 def test_dna_slstm_official_breakdown(name):
     # d 128, 4 heads of 32: norm, conv 4 + bias, 4 per-head gates (4 x 32 x 32 each), recurrent
     # kernel 4 x 32 x 128, bias 4 x 128, group norm; FFN norm, up 128 -> 2 x 136, down 136 -> 128

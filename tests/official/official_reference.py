@@ -18,7 +18,10 @@ wrong transform or a wrong model option shows up as a logit mismatch. Facts used
   RoPE positions 0..S-1 along the flipped sequence; alternating = the even blocks reversed
 - RC parameter sharing (Caduceus): hidden [fwd | rc] halves, RCPSWrapper on xlstm_norm, xlstm,
   ffn_norm, ffn, post_blocks_norm; embedding cat[E ids, flip(E rc(ids))]; head
-  W h_fwd + W[comp] flip_channels(h_rc)
+  W h_fwd + W[comp] flip_channels(h_rc). For the RC half the wrapper calls the sLSTM layer with
+  is_rc_flipped=True: the layer flips the cell output y (B, heads, S, Dh) along dim 1 (the
+  heads), group-norms that and keeps the normed output in that order before the reshape to
+  (B, S, d) (it un-flips y, which is not used afterwards)
 """
 from __future__ import annotations
 
@@ -192,7 +195,7 @@ def mlstm_layer(x, p, heads, positions, rope_mode, theta):
     return F.linear(h * F.silu(z), p["xlstm.proj_down.weight"], p.get("xlstm.proj_down.bias"))
 
 
-def slstm_layer(x, p, heads):
+def slstm_layer(x, p, heads, is_rc_flipped=False):
     B, S, d = x.shape
     dh = d // heads
     x_c = F.silu(causal_conv(x, p["xlstm.conv1d.conv.weight"], p["xlstm.conv1d.conv.bias"]))
@@ -214,7 +217,10 @@ def slstm_layer(x, p, heads):
         y = torch.sigmoid(o_raw) * c / n
         m = m_new
         out.append(y)
-    return group_norm(torch.stack(out, dim=1), p["xlstm.group_norm.weight"], heads)
+    y = torch.stack(out, dim=1).unflatten(-1, (heads, dh)).transpose(1, 2)     # (B, heads, S, Dh)
+    if is_rc_flipped:
+        y = y.flip(1)
+    return group_norm(y.transpose(1, 2).flatten(-2), p["xlstm.group_norm.weight"], heads)
 
 
 def block_forward(x, p, spec, kind, positions):
@@ -284,21 +290,22 @@ def _rcps_forward(state, spec, ids):
     d = E.shape[1]
 
     def halves(fn, h):       # RCPSWrapper: fn on the forward half and on rc(the RC half)
-        return torch.cat([fn(h[..., :d]), _rc(fn(_rc(h[..., d:])))], dim=-1)
+        return torch.cat([fn(h[..., :d], False), _rc(fn(_rc(h[..., d:]), True))], dim=-1)
 
     for b, kind in enumerate(spec["kinds"]):
         p = _block_params(state, b, rcps=True)
         assert kind == "s", "official RC-PS exists for sLSTM blocks only"
 
         def block(h, p=p):
-            h = h + halves(lambda u: slstm_layer(layer_norm(u, p["xlstm_norm.weight"]), p, spec["slstm_heads"]), h)
-            return h + halves(lambda u: gated_ffn(layer_norm(u, p["ffn_norm.weight"]), p), h)
+            h = h + halves(lambda u, rc: slstm_layer(layer_norm(u, p["xlstm_norm.weight"]), p, spec["slstm_heads"],
+                                                     is_rc_flipped=rc), h)
+            return h + halves(lambda u, rc: gated_ffn(layer_norm(u, p["ffn_norm.weight"]), p), h)
 
         if spec.get("bidirectional") == "weight_tied":
             x = block(x) + block(x.flip(1)).flip(1)
         else:
             x = block(x)
     w_norm = state["xlstm_block_stack.post_blocks_norm.submodule.weight"]
-    x = halves(lambda u: layer_norm(u, w_norm), x)
+    x = halves(lambda u, rc: layer_norm(u, w_norm), x)
     W = state["lm_head.lm_head.weight"]
     return x[..., :d] @ W.T + x[..., d:].flip(-1) @ W[comp].T

@@ -1,6 +1,7 @@
 """DNA-xLSTM checkpoints (DESIGN.md sections 8, 11): Lightning .ckpt -> export -> the logits of a
 float64 implementation of the official forward (causal, weight-tied and alternating
 bidirectional, mLSTM + sLSTM, RC parameter sharing), and back to byte-identical tensors."""
+import dataclasses
 import json
 
 import pytest
@@ -95,17 +96,25 @@ def test_project_bidirectional_forms_would_be_other_models(tmp_path):
         assert rel_err(model(ids), ref.forward(state, spec, ids)) > 1e-3, change
 
 
-def test_rc_parameter_sharing_model_is_rc_equivariant(tmp_path):
+def test_official_rc_parameter_sharing_is_not_rc_equivariant_and_the_kept_head_order_is(tmp_path):
+    # the official RC half reverses the sLSTM heads (is_rc_flipped), which breaks equivariance;
+    # the same weights with the heads kept give an exactly RC-equivariant model
     from modeling.dna_rc import reverse_complement_ids, reverse_complement_logits
 
     state = official_state("ss", rcps=True)
     config = official_config("ss", bidirectional=True, rcps=True, s_lstm_at=[0, 1])
     out = convert_official("dnaxlstm", write_ckpt(tmp_path / "c.ckpt", state, config), tmp_path / "e")
+    assert json.loads((out / "config.json").read_text())["rc_half_slstm_head_order"] == "reversed"
     ids = dna_ids()
+    rc_ids = reverse_complement_ids(ids, VOCAB)
     logits, model = converted_logits(out, ids)
-    rc_logits, _ = converted_logits(out, reverse_complement_ids(ids, VOCAB))
-    assert rel_err(rc_logits, reverse_complement_logits(logits)) <= 1e-12
+    assert rel_err(converted_logits(out, rc_ids)[0], reverse_complement_logits(logits)) > 0.05
     assert model.model(ids, return_hidden=True).shape[-1] == 2 * D      # [forward half | RC half]
+    model.config.rc_half_slstm_head_order = "kept"
+    with torch.no_grad():
+        kept, kept_rc = model.model(ids), model.model(rc_ids)
+    assert rel_err(kept_rc, reverse_complement_logits(kept)) <= 1e-12
+    assert rel_err(kept, logits) > 0.05
 
 
 @pytest.mark.parametrize("variant", ["mlstm_slstm", "rcps_slstm"])
@@ -135,8 +144,8 @@ def test_checkpoint_without_hyper_parameters_takes_model_config_json(tmp_path):
     assert rel_err(converted_logits(out, ids)[0], ref.forward(state, spec, ids)) <= 1e-10
 
 
-class OmegaConfLike:
-    """Stands for the objects a Lightning checkpoint may pickle (DictConfig, AttributeDict)."""
+class NotPlainData:
+    """Stands for any class a checkpoint may pickle that is neither plain data nor omegaconf."""
 
 
 @pytest.mark.parametrize("kinds,overrides,needle", [
@@ -158,8 +167,9 @@ def test_unsupported_official_config_is_refused_by_name(tmp_path, kinds, overrid
 
 def test_checkpoint_with_python_objects_is_refused_in_one_line(tmp_path):
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": OmegaConfLike()}, path)
-    with pytest.raises(ConversionError, match=r"weights_only=True\) refuses .*re-save it") as info:
+    torch.save({"state_dict": {}, "hyper_parameters": NotPlainData()}, path)
+    with pytest.raises(ConversionError,
+                       match=r"needs the Python global .*\.NotPlainData, which is not plain data") as info:
         convert_official("dnaxlstm", path, tmp_path / "export")
     assert "\n" not in str(info.value)
 
@@ -184,3 +194,11 @@ def test_project_only_designs_are_refused_for_the_official_format(tmp_path):
                          head="mlm", position_encoding="rope_head", proj_multiple_of=64, proj_rounding="down")
     with pytest.raises(ConversionError, match="bidirectional_residual='branch'"):
         check_representable(branch, "dnaxlstm")
+    rc_kept = ModelConfig(vocab_size=12, d_model=48, num_blocks=2, slstm_positions=[0, 1],
+                          slstm_gate_layout="headwise", rc_mode="param_sharing_halves", head="mlm",
+                          bidirectional="weight_tied", bidirectional_residual="whole_block",
+                          reversed_positions="flipped_index", ffn_multiple_of=8, ffn_rounding="down",
+                          norm_weight_offset=True)
+    with pytest.raises(ConversionError, match="rc_half_slstm_head_order='kept' .*has 'reversed'"):
+        check_representable(rc_kept, "dnaxlstm")
+    check_representable(dataclasses.replace(rc_kept, rc_half_slstm_head_order="reversed"), "dnaxlstm")
