@@ -159,11 +159,15 @@ class ProteinGenerationSuite(Suite):
         return sizes
 
     def plan(self, model) -> list:
+        from evaluation.hmmer_scores import read_digital_msa
+
         self.check_model(model)
         sizes = self._sizes()
         families = load_families(self.request.data, self.name, min_members=2, max_families=sizes["max_families"])
         units = []
         for index, family in enumerate(families):
+            if family.alignment_format:      # a broken alignment fails here, on every rank, before any work
+                read_digital_msa(family.source, family.alignment_format)
             encoded = [model.tokenizer.encode(s, where=f"{family.source} member {n}")
                        for n, s in enumerate(family.sequences)]
             payload = {"sequences": list(family.sequences), "encoded": encoded, "source": family.source,

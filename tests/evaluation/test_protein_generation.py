@@ -282,6 +282,10 @@ def test_bad_inputs_give_one_clear_line(model, tmp_path):
     shutil.copy(FIXTURES / "protamine_P1.fasta", single)
     (single / "lonely.fasta").write_text(">a\nMKTAYIAKQR\n")
     fails("family 'lonely' has 1 sequence", data=str(single))
+    ragged = tmp_path / "ragged"
+    ragged.mkdir()
+    (ragged / "fam.a3m").write_text(">a\nMKTAYIAKQR\n>b\nMKTAY\n")
+    fails("fam.a3m: A3M rows have 2 different numbers of match columns", data=str(ragged))
     fails("option settings: .*not a list", options={"settings": [[1.0, 10]]})
     fails("option settings: \\[1.0, 10, 1.5\\]", options={"settings": [[1.0, 10, 1.5]]})
     fails("option num_samples", options={"num_samples": 0})
