@@ -291,7 +291,8 @@ class ProteinGenerationSuite(Suite):
         panels = [("min_hamming", "min Hamming distance"), ("hmmer", "HMMER bit score"), ("perplexity", "perplexity")]
         figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=120)
         for axis, (score, title) in zip(axes, panels):
-            bars = [result.figures[f"{label}/mean_{score}"] for label in labels] + [result.figures[f"natural/mean_{score}"]]
+            bars = ([result.figures[f"{label}/mean_{score}"] for label in labels]
+                    + [result.figures[f"natural/mean_{score}"]])
             axis.bar(range(len(bars)), [b.value or 0.0 for b in bars], yerr=[b.interval or 0.0 for b in bars],
                      capsize=3, color=["tab:blue"] * len(labels) + ["tab:green"])
             axis.set_xticks(range(len(bars)), labels + ["natural"], rotation=45, ha="right", fontsize=7)

@@ -149,7 +149,8 @@ def test_samples_and_per_sample_scores_match_an_independent_recomputation(model,
             assert naturals["min_hamming"][k] == pytest.approx(min(others), abs=1e-12)
             assert naturals["median_hamming"][k] == pytest.approx(statistics.median(others), abs=1e-12)
             natural_ids = tok.encode(family.sequences[i])
-            assert naturals["perplexity"][k] == pytest.approx(reference_perplexity(model, context, natural_ids), rel=1e-9)
+            expected = reference_perplexity(model, context, natural_ids)
+            assert naturals["perplexity"][k] == pytest.approx(expected, rel=1e-9)
         if family.alignment_format == "a3m":
             expected = reference_hmmer(family.source, [s["sequence"] for s in valid]
                                        + [family.sequences[i] for i in result["naturals"]])
