@@ -4,14 +4,14 @@ output directory only when complete."""
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from data_pipeline.staged_output import staged_directory
+from evaluation.base import Suite
 from evaluation.errors import EvaluationError
+from evaluation import plots as plotting
 
 REPORT_JSON = "eval.json"
 REPORT_MD = "eval.md"
@@ -93,41 +93,12 @@ def write_report(results: list, suites: list, out_dir: Path, meta: dict, overwri
     """Write eval.json, eval.md and the plots into `out_dir` (replaced whole, atomically)."""
     out_dir = Path(out_dir)
     refuse_existing_report(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        from evaluation.plots import matplotlib_available
-
+    with staged_directory(out_dir) as staging:
         for suite, result in zip(suites, results):
             plots = suite.plot(result, staging)
             result.plots = [out_dir / Path(p).name for p in plots]
-            if not plots and not matplotlib_available() and type(suite).plot is not _base_plot():
+            if not plots and not plotting.matplotlib_available() and type(suite).plot is not Suite.plot:
                 result.notes.append("matplotlib is not installed: no plot written (pip install matplotlib)")
         (staging / REPORT_JSON).write_text(json.dumps(report_dict(results, meta), indent=1, default=str) + "\n")
         (staging / REPORT_MD).write_text(markdown(results, meta))
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _base_plot():
-    from evaluation.base import Suite
-
-    return Suite.plot
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

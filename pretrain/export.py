@@ -18,16 +18,13 @@ leaves nothing behind and an existing export is replaced only with `--force`.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.shards import sha256_file
+from data_pipeline.staged_output import staged_directory
 from pretrain.errors import PretrainError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -298,37 +295,6 @@ def refuse_existing(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
         raise ExportError(f"{out_dir} exists and is not empty; choose a new directory or pass --force "
                           "to replace it")
-
-
-@contextlib.contextmanager
-def staged_directory(out_dir: Path):
-    """Yield a temporary sibling of `out_dir` to write into; on success it replaces `out_dir`
-    (an old one is removed only afterwards), on any failure it is removed and `out_dir` is
-    untouched."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        yield staging
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished export over `out_dir`; an old export is removed only afterwards."""
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, payload: dict) -> None:
