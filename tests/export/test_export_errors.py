@@ -81,7 +81,8 @@ def test_non_empty_out_dir_is_refused_without_force_and_replaced_with_it(zero3_c
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
     export_checkpoint(_source(run_dir, config, protein_tokenizer), out, force=True)
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "tokenizer.json",
+                                       "training.json"]
     assert _leftovers(tmp_path) == []
 
 
