@@ -31,9 +31,13 @@ class EvalRequest:
     options: dict = field(default_factory=dict)   # suite-specific sizes, e.g. {"num_samples": 1024}
     batch_size: int = 64                    # sequences per forward / samples per batched step
 
-    def option(self, name: str, quick_default, full_default):
-        """A suite size: the user's value if given, else the quick or the full default."""
-        value = self.options.get(name)
+    def option(self, name: str, quick_default, full_default, suite: Optional[str] = None):
+        """A suite size: the user's value if given (`options[suite][name]` for one suite, else
+        `options[name]` for every suite that has the size), else the quick or the full default."""
+        scoped = self.options.get(suite) if suite else None
+        value = scoped.get(name) if isinstance(scoped, dict) else None
+        if value is None:
+            value = self.options.get(name)
         if value is None:
             return quick_default if self.quick else full_default
         return value
@@ -97,6 +101,10 @@ class Suite:
         if self.needs_causal and not model.is_causal:
             raise EvaluationError(f"suite {self.name} needs a causal (CLM) model; this one is "
                                   "bidirectional or has an MLM head")
+
+    def option(self, name: str, quick_default, full_default):
+        """This suite's size `name` (EvalRequest.option, scoped to the suite)."""
+        return self.request.option(name, quick_default, full_default, self.name)
 
     def plan(self, model) -> list:
         raise NotImplementedError

@@ -54,8 +54,8 @@ class DNALMSuite(Suite):
     description = "CLM / MLM loss and accuracy on held-out windows, RC consistency, post-hoc conjoining"
 
     def _sizes(self) -> dict:
-        return {"context_len": self.request.context_len or self.request.option("context_len", 1024, 1024),
-                "max_windows": self.request.option("max_windows", 32, 2048)}
+        return {"context_len": self.request.context_len or self.option("context_len", 1024, 1024),
+                "max_windows": self.option("max_windows", 32, 2048)}
 
     def plan(self, model) -> list:
         self.check_model(model)

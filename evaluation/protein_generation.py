@@ -145,13 +145,13 @@ class ProteinGenerationSuite(Suite):
 
     def _sizes(self) -> dict:
         request = self.request
-        settings = request.options.get("settings")
+        settings = self.option("settings", None, None)
         settings = parse_settings(settings) if settings is not None else \
             list(PAPER_SETTINGS[:1] if request.quick else PAPER_SETTINGS)
-        sizes = {"num_context": request.option("num_context", 8, 100),
-                 "num_samples": request.option("num_samples", 8, 100),
-                 "max_new_tokens": request.option("max_new_tokens", 300, 1000),
-                 "max_families": request.option("max_families", 4, None),
+        sizes = {"num_context": self.option("num_context", 8, 100),
+                 "num_samples": self.option("num_samples", 8, 100),
+                 "max_new_tokens": self.option("max_new_tokens", 300, 1000),
+                 "max_families": self.option("max_families", 4, None),
                  "settings": [list(s) for s in settings]}
         for key in ("num_context", "num_samples", "max_new_tokens"):
             if not isinstance(sizes[key], int) or sizes[key] < 1:

@@ -82,10 +82,10 @@ class ProteinICLSuite(Suite):
     def _sizes(self) -> dict:
         request = self.request
         context_lens = sorted({int(c) for c in request.context_lens})
-        context_len = request.context_len or request.option("context_len", 2048, 131072)
+        context_len = request.context_len or self.option("context_len", 2048, 131072)
         context_len = max([context_len] + context_lens)
         return {"context_len": context_len, "context_lens": context_lens or [context_len],
-                "max_families": request.option("max_families", 16, None)}
+                "max_families": self.option("max_families", 16, None)}
 
     def plan(self, model) -> list:
         self.check_model(model)

@@ -101,3 +101,14 @@ def test_bad_input_is_one_clear_line(case, protein_export, tmp_path, capsys):
     assert code == 2, err
     assert expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_option_scoped_to_one_suite_wins_over_the_shared_one():
+    from evaluation.base import EvalRequest
+    from evaluation.protein_generation import ProteinGenerationSuite
+    from evaluation.protein_icl import ProteinICLSuite
+
+    request = EvalRequest(quick=True, options={"max_families": 5, "protein-icl": {"max_families": 2}})
+    assert ProteinICLSuite(request).option("max_families", 16, None) == 2
+    assert ProteinGenerationSuite(request).option("max_families", 4, None) == 5
+    assert ProteinGenerationSuite(EvalRequest(quick=False)).option("max_families", 4, None) is None
