@@ -35,6 +35,10 @@ def line_plot(path: Path, xs: Sequence, ys: Sequence, errors: Sequence, xlabel: 
         axes.set_xscale("symlog", linthresh=1)
     elif x_scale == "log2":
         axes.set_xscale("log", base=2)
+    if x_scale in ("symlog", "log2"):             # label the measured points, not powers of ten
+        axes.set_xticks([p[0] for p in points])
+        axes.set_xticklabels([f"{p[0]:g}" for p in points])
+        axes.minorticks_off()
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)

@@ -3,7 +3,9 @@
 Per modality: build shards from the bundled data (data_pipeline.demo), train the tiny model of
 configs/demo_<modality>.yaml through the same trainer as `bioxlstm train` (DeepSpeed on CPU,
 2-stage context curriculum), then compare the final validation loss with the unigram baseline
-(token frequencies only). Running the demo again on the same --out resumes or reuses the runs.
+(token frequencies only), and end with the paper's measures in their quick sizes (each demo
+config's `eval` section: in-training evaluation, report and plots in RUN/eval/). Running the
+demo again on the same --out resumes or reuses the runs.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def demo_overrides(modality: str, out: Path, steps: Optional[int]) -> list[str]:
         share[-1] += steps - sum(share)
         overrides += [f"curriculum.stages.{i}.tokens={n * tokens_per_step}" for i, n in enumerate(share)]
         overrides += [f"train.eval_every={max(1, steps // 4)}", f"train.checkpoint_every={max(1, steps // 2)}",
-                      f"train.warmup_tokens={max(1, steps // 10) * tokens_per_step}"]
+                      f"train.warmup_tokens={max(1, steps // 10) * tokens_per_step}",
+                      f"eval.every={max(1, steps // 2)}"]
     return overrides
 
 
@@ -59,6 +62,35 @@ def run_modality(modality: str, out: Path, steps: Optional[int]) -> dict:
     val = result.val_loss if result.val_loss is not None else math.nan
     return {"modality": modality, "steps": result.step, "tokens": result.tokens, "val_loss": val,
             "unigram": baseline, "beats": val < baseline, "status": result.status, "run_dir": result.run_dir}
+
+
+HEADLINE_FIGURES = {
+    "protein": ("protein-icl/first_perplexity", "protein-icl/last_perplexity", "protein-icl/fim_perplexity",
+                "protein-generation/T1_k10_p1/valid_share", "protein-generation/T1_k10_p1/mean_min_hamming"),
+    "molecules": ("chem-unconditional/validity", "chem-unconditional/uniqueness", "chem-unconditional/fcd",
+                  "chem-domains/fcd_k0", "chem-domains/fcd_k8"),
+    "dna": ("dna-lm/loss", "dna-lm/perplexity", "dna-lm/accuracy"),
+}
+
+
+def evaluation_summary(rows: Sequence[dict]) -> str:
+    """The final in-training evaluation of each demo model (RUN/eval/): headline figures and
+    where the report and its plots are."""
+    import json
+
+    lines = ["The paper's measures on the demo models (quick sizes, final step):"]
+    for row in rows:
+        report_path = Path(row["run_dir"]) / "eval" / "eval.json"
+        if not report_path.is_file():
+            lines.append(f"  {row['modality']}: no evaluation in {report_path.parent}")
+            continue
+        figures = json.loads(report_path.read_text())["figures"]
+        shown = [f"{name} {figures[name]:.3f}" for name in HEADLINE_FIGURES[row["modality"]] if name in figures]
+        lines.append(f"  {row['modality']:<10} " + ", ".join(shown))
+        plots = sorted(p.name for p in report_path.parent.glob("*.png"))
+        lines.append(f"             report {report_path.parent / 'eval.md'}"
+                     + (f"; plots {', '.join(plots)}" if plots else ""))
+    return "\n".join(lines)
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -87,4 +119,5 @@ def run_demo(out: str | Path = "runs/demo", modalities: Sequence[str] = MODALITI
     print("\nValidation loss (nats/token) after training vs. the unigram baseline:\n" + format_table(rows), flush=True)
     print(f"\nRuns, checkpoints and TensorBoard logs: {out}/<modality>/run "
           f"(tensorboard --logdir {out})", flush=True)
+    print("\n" + evaluation_summary(rows), flush=True)
     return 0 if all(r["beats"] for r in rows) else 1

@@ -74,8 +74,10 @@ class InTrainingEvaluator:
                     "quick": request.quick, "step": step, "request": vars(request), "figures": figures}
             write_report(results, suites, self.run_dir / EVAL_DIR, meta, overwrite=True)
         del model
-        self.seconds_spent += time.perf_counter() - started
-        return dict(figures, eval_seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.seconds_spent += seconds
+        elapsed = time.perf_counter() - self.started
+        return dict(figures, eval_seconds=seconds, eval_share=self.seconds_spent / elapsed if elapsed else 0.0)
 
     def _inference_model(self, engine):
         """A plain copy of the full model on this rank, in the engine's dtype, in eval mode."""
