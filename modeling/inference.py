@@ -134,6 +134,7 @@ class BioXLSTM:
         self.config = config
         self.tokenizer = tokenizer
         self.device = device
+        self._primed = None          # (context ids, RecurrentSession, positions) of the last sampled context
 
     # ---- formats -----------------------------------------------------------------------------
 
@@ -352,9 +353,7 @@ class BioXLSTM:
         settings = self._settings(temperature, top_k, top_p)
         stop_ids = [self.tokenizer.token_id(t) for t in stop_tokens]
         banned = [i for i in self._special_ids() if i not in stop_ids]
-        primed = RecurrentSession(self.model, self.device)
-        positions = self._positions(context_ids)
-        primed.feed_all(context_ids, positions)
+        primed, positions = self._primed_session(context_ids)
         results: list[list[int]] = []
         for number, first in enumerate(range(0, count, batch_size)):
             size = min(batch_size, count - first)
@@ -363,6 +362,17 @@ class BioXLSTM:
                                 settings, generator, self._next_position, stop_ids, banned)
             results.extend(tokens for tokens, _ in rows)
         return results
+
+    def _primed_session(self, context_ids: list[int]):
+        """The state after `context_ids` (fed in step mode), kept for the next call with the same
+        context: a suite sampling several settings from one long homolog context feeds it once."""
+        key = tuple(int(t) for t in context_ids)
+        if self._primed is None or self._primed[0] != key:
+            session = RecurrentSession(self.model, self.device)
+            positions = self._positions(context_ids)
+            session.feed_all(context_ids, positions)
+            self._primed = (key, session, positions)
+        return self._primed[1], self._primed[2]
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(device=self.device)
