@@ -3,8 +3,9 @@
 Units go round-robin to the ranks (`units[rank::world_size]`); each rank runs its own with the
 unit's seed, the results are gathered and every suite is summarized from all of them in plan
 order, so any number of ranks gives the figures one process gives. A unit that fails on one rank
-is reported to every rank after the gather (no rank is left waiting in a collective), and all of
-them raise the same error.
+(any exception, in planning or in a unit) is reported to every rank after the gather (no rank is
+left waiting in a collective), and all of them raise: the failing rank its own error, the others
+an EvaluationError naming it.
 """
 from __future__ import annotations
 
@@ -36,27 +37,31 @@ def run_suites(model, suites: list, rank: int = 0, world_size: int = 1, gather: 
     results = []
     for suite in suites:
         started = time.perf_counter()
-        units = suite.plan(model)
-        mine, failure = {}, None
-        for number, unit in enumerate(units[rank::world_size], start=1):
-            try:
+        mine, error, units = {}, None, []
+        try:
+            units = suite.plan(model)
+            share = units[rank::world_size]
+            for number, unit in enumerate(share, start=1):
                 mine[unit.index] = suite.run_unit(model, unit)
-            except EvaluationError as error:
-                failure = f"{suite.name}, {unit.key}: {error}"
-                break
-            if log is not None:
-                log(f"{suite.name}: {unit.key} done ({number}/{len(units[rank::world_size])} on this rank)")
+                if log is not None:
+                    log(f"{suite.name}: {unit.key} done ({number}/{len(share)}"
+                        + (" on this rank)" if world_size > 1 else ")"))
+        except Exception as caught:  # noqa: BLE001 - every rank must reach the gather, then all raise
+            if world_size == 1:
+                raise
+            error = caught
         seconds = time.perf_counter() - started
         if world_size > 1:
+            failure = f"{suite.name} on rank {rank}: {type(error).__name__}: {error}" if error else None
             shared = gather({"results": mine, "failure": failure, "seconds": seconds})
             failures = [part["failure"] for part in shared if part["failure"]]
-            merged = {index: value for part in shared for index, value in part["results"].items()}
+            if error is not None:
+                raise error
+            if failures:
+                raise EvaluationError(failures[0])
+            mine = {index: value for part in shared for index, value in part["results"].items()}
             seconds = max(part["seconds"] for part in shared)
-        else:
-            failures, merged = [failure] if failure else [], mine
-        if failures:
-            raise EvaluationError(failures[0])
-        summary: SuiteResult = suite.summarize(model, [merged[unit.index] for unit in units])
-        summary.seconds = round(time.perf_counter() - started if world_size == 1 else seconds, 3)
+        summary: SuiteResult = suite.summarize(model, [mine[unit.index] for unit in units])
+        summary.seconds = round(seconds, 3)
         results.append(summary)
     return results

@@ -112,3 +112,39 @@ def test_an_option_scoped_to_one_suite_wins_over_the_shared_one():
     assert ProteinICLSuite(request).option("max_families", 16, None) == 2
     assert ProteinGenerationSuite(request).option("max_families", 4, None) == 5
     assert ProteinGenerationSuite(EvalRequest(quick=False)).option("max_families", 4, None) is None
+
+
+def test_a_unit_failing_on_one_rank_fails_every_rank_after_the_gather(tmp_path):
+    """Two ranks simulated with a gather that hands each rank both payloads: the rank whose unit
+    raised re-raises its own error, the other raises an EvaluationError naming it; neither is
+    left waiting (the gather is reached on both)."""
+    from evaluation.base import EvalRequest
+    from evaluation.errors import EvaluationError
+    from evaluation.protein_icl import ProteinICLSuite
+    from evaluation.runner import run_suites
+
+    write_families(tmp_path / "fams", [3, 3, 3, 3])
+    model = tiny_bioxlstm("protein")
+
+    class Broken(ProteinICLSuite):
+        def run_unit(self, model, unit):
+            if unit.index == 1:
+                raise RuntimeError("unit 1 broke")
+            return super().run_unit(model, unit)
+
+    payloads = {}
+    for rank in (0, 1):       # rank 0 runs units 0, 2; rank 1 runs units 1, 3
+        def gather(payload, rank=rank):
+            payloads[rank] = payload
+            return [payloads.get(0, payload), payloads.get(1, payload)]
+        suite = Broken(EvalRequest(data=str(tmp_path / "fams"), context_len=64))
+        if rank == 0:
+            payloads[1] = {"results": {}, "failure": "protein-icl on rank 1: RuntimeError: unit 1 broke",
+                           "seconds": 0.0}
+            with pytest.raises(EvaluationError, match="rank 1: RuntimeError: unit 1 broke"):
+                run_suites(model, [suite], rank=0, world_size=2, gather=gather)
+            assert sorted(payloads[0]["results"]) == [0, 2]
+        else:
+            with pytest.raises(RuntimeError, match="unit 1 broke"):
+                run_suites(model, [suite], rank=1, world_size=2, gather=gather)
+            assert payloads[1]["failure"].endswith("RuntimeError: unit 1 broke")
