@@ -199,7 +199,7 @@ def frechet_distance(stats_a: Optional[dict], stats_b: Optional[dict]) -> Option
     from fcd_torch.utils import calculate_frechet_distance
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)     # scipy: sqrtm's disp argument
+        warnings.simplefilter("ignore")     # sqrtm: its deprecated disp argument, singular small sets
         return float(calculate_frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"],
                                                 stats_b["sigma"]))
 
