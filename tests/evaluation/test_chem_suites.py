@@ -30,7 +30,8 @@ from evaluation.errors import EvaluationError  # noqa: E402
 from evaluation.molecule_data import read_domains, read_molecules, read_smiles_list  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chem"
-VALID, TRAIN, ICST = FIXTURES / "chembl31_valid_300.smi.gz", FIXTURES / "chembl31_train_300.smi.gz", FIXTURES / "icst_valid_4x60.txt.gz"
+VALID, TRAIN = FIXTURES / "chembl31_valid_300.smi.gz", FIXTURES / "chembl31_train_300.smi.gz"
+ICST = FIXTURES / "icst_valid_4x60.txt.gz"
 STOPS = ["[END]", "."]
 
 
