@@ -55,7 +55,7 @@ class ChemDomainsSuite(Suite):
 
     def _sizes(self) -> dict:
         request = self.request
-        ks = request.option("ks", QUICK_KS, KS)
+        ks = self.option("ks", QUICK_KS, KS)
         if isinstance(ks, str):                 # "0,1,8" from a command line
             ks = [k for k in ks.replace(" ", "").split(",") if k]
         ks = [ks] if isinstance(ks, int) else ks
@@ -65,11 +65,11 @@ class ChemDomainsSuite(Suite):
             raise EvaluationError(f"suite {self.name}: option ks={ks!r} must be a list of integers >= 0") from None
         if not ks or ks[0] < 0:
             raise EvaluationError(f"suite {self.name}: option ks={ks!r} must be a list of integers >= 0")
-        return {"ks": ks, "num_samples": int(request.option("num_samples", 64, 1024)),
-                "max_domains": request.option("max_domains", 4, None),
-                "reference_size": request.option("reference_size", 256, None),
-                "max_new_tokens": int(request.option("max_new_tokens", MAX_NEW_TOKENS, MAX_NEW_TOKENS)),
-                "skip_small_domains": bool(request.option("skip_small_domains", False, False)),
+        return {"ks": ks, "num_samples": int(self.option("num_samples", 64, 1024)),
+                "max_domains": self.option("max_domains", 4, None),
+                "reference_size": self.option("reference_size", 256, None),
+                "max_new_tokens": int(self.option("max_new_tokens", MAX_NEW_TOKENS, MAX_NEW_TOKENS)),
+                "skip_small_domains": bool(self.option("skip_small_domains", False, False)),
                 "temperature": TEMPERATURE, "batch_size": request.batch_size}
 
     def plan(self, model) -> list:

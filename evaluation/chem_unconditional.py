@@ -92,10 +92,10 @@ class ChemUnconditionalSuite(Suite):
 
     def _sizes(self) -> dict:
         request = self.request
-        return {"num_samples": int(request.option("num_samples", 1024, 10240)),
-                "chunk_size": int(request.option("chunk_size", 256, 1024)),
-                "max_new_tokens": int(request.option("max_new_tokens", MAX_NEW_TOKENS, MAX_NEW_TOKENS)),
-                "reference_size": request.option("reference_size", 1024, 10240),
+        return {"num_samples": int(self.option("num_samples", 1024, 10240)),
+                "chunk_size": int(self.option("chunk_size", 256, 1024)),
+                "max_new_tokens": int(self.option("max_new_tokens", MAX_NEW_TOKENS, MAX_NEW_TOKENS)),
+                "reference_size": self.option("reference_size", 1024, 10240),
                 "temperature": TEMPERATURE, "batch_size": request.batch_size}
 
     def _novelty_source(self) -> tuple:

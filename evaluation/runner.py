@@ -30,7 +30,8 @@ def check_suites(suites: list, model) -> None:
 
 def run_suites(model, suites: list, rank: int = 0, world_size: int = 1, gather: Optional[Gather] = None,
                log: Optional[Callable[[str], None]] = None) -> list:
-    """SuiteResults of `suites` (from make_suites) on `model` (modeling.inference.BioXLSTM)."""
+    """SuiteResults of `suites` (from make_suites) on `model` (modeling.inference.BioXLSTM); on
+    ranks other than 0 a list of None (they ran their share of the units)."""
     if world_size > 1 and gather is None:
         raise ValueError("world_size > 1 needs a gather function")
     check_suites(suites, model)
@@ -61,6 +62,9 @@ def run_suites(model, suites: list, rank: int = 0, world_size: int = 1, gather: 
                 raise EvaluationError(failures[0])
             mine = {index: value for part in shared for index, value in part["results"].items()}
             seconds = max(part["seconds"] for part in shared)
+        if rank != 0:                # only rank 0 reports: the summary (ChemNet, KS, ...) runs once
+            results.append(None)
+            continue
         summary: SuiteResult = suite.summarize(model, [mine[unit.index] for unit in units])
         summary.seconds = round(seconds, 3)
         results.append(summary)

@@ -57,7 +57,8 @@ class InTrainingEvaluator:
                            options=dict(e.options), batch_size=e.batch_size)
 
     def run(self, engine, step: int, stage_index: int) -> dict:
-        """Evaluate the engine's current weights; returns the flat figures (on every rank)."""
+        """Evaluate the engine's current weights; returns the flat figures (on rank 0; the other
+        ranks' records are not logged)."""
         from evaluation.report import flat_figures, write_report
         from evaluation.runner import make_suites, run_suites
 
@@ -68,7 +69,7 @@ class InTrainingEvaluator:
         world = self.parallel.world_size
         results = run_suites(model, suites, rank=self.parallel.rank, world_size=world,
                              gather=_gather_objects if world > 1 else None)
-        figures = flat_figures(results)
+        figures = flat_figures(results) if self.parallel.rank == 0 else {}
         if self.parallel.rank == 0:
             meta = {"model": f"{self.run_dir} step {step}", "data": request.data, "seed": request.seed,
                     "quick": request.quick, "step": step, "request": vars(request), "figures": figures}
