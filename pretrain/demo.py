@@ -38,8 +38,7 @@ def demo_overrides(modality: str, out: Path, steps: Optional[int]) -> list[str]:
         share[-1] += steps - sum(share)
         overrides += [f"curriculum.stages.{i}.tokens={n * tokens_per_step}" for i, n in enumerate(share)]
         overrides += [f"train.eval_every={max(1, steps // 4)}", f"train.checkpoint_every={max(1, steps // 2)}",
-                      f"train.warmup_tokens={max(1, steps // 10) * tokens_per_step}",
-                      f"eval.every={max(1, steps // 2)}"]
+                      f"train.warmup_tokens={max(1, steps // 10) * tokens_per_step}"]
     return overrides
 
 

@@ -1,4 +1,5 @@
 """`bioxlstm demo` end to end (reduced steps) and forking a run from another run's checkpoint."""
+import json
 import math
 import os
 import re
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation import QUICK_SUITES
 from pretrain.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +52,14 @@ def test_demo_beats_the_unigram_baseline_for_every_modality(demo):
             share = sum(r["loss_tokens"] for r in records) / (records[-1]["tokens"])
             assert share > 0.97, f"{modality}: {share:.3f} of the trained tokens carried loss"
         assert (out / modality / "run" / "config.yaml").is_file()
+        # the demo ends with the paper's measures (quick suites, in-training evaluation at the end)
+        report = json.loads((out / modality / "run" / "eval" / "eval.json").read_text())
+        assert set(report["suites"]) == set(QUICK_SUITES[modality])
+        evals = read_metrics(out / modality / "run", "eval")
+        assert evals and evals[-1]["step"] == DEMO_STEPS and 0 < evals[-1]["eval_share"] < 1
+        assert f"report {out / modality / 'run' / 'eval' / 'eval.md'}" in result.stdout
+    assert (out / "protein" / "run" / "eval" / "protein_icl_curve.png").is_file()
+    assert (out / "molecules" / "run" / "eval" / "chem_domains_fcd.png").is_file()
         assert list((out / modality / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
