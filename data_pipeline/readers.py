@@ -178,3 +178,120 @@ def accession_keys(name: str) -> list[str]:
     if len(parts) >= 2 and parts[1]:
         keys.append(parts[1])
     return keys
+
+
+@dataclass
+class StreamedRecord:
+    """A FASTA record read piece by piece: iterate `chunks` (at most about `chunk_chars` bases
+    each, whitespace removed) before asking the stream for the next record."""
+
+    name: str
+    source: str
+    line: int
+    chunks: Iterator[str]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} record {self.name!r} (line {self.line})"
+
+
+def stream_fasta(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[StreamedRecord]:
+    """Multi-record FASTA without holding a record in memory (a chromosome is 250 Mbp); the
+    same errors as `read_fasta`. A record's unread chunks are skipped when the next is asked for."""
+    source = str(path)
+    with open_text(path) as handle:
+        lines = enumerate(handle, start=1)
+        header = None
+        for number, line in lines:
+            if line.startswith(">"):
+                header = (number, line)
+                break
+            if line.strip():
+                raise InputFormatError(f"{source} line {number}: sequence before the first '>' "
+                                       "header; this is not FASTA")
+        if header is None:
+            raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+        while header is not None:
+            number, text = header
+            name = text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""
+            if not name:
+                raise InputFormatError(f"{source} line {number}: header without a name; "
+                                       "write '>name' before each sequence")
+            following: list = []
+            chunks = _record_chunks(lines, following, source, name, number, chunk_chars)
+            yield StreamedRecord(name, source, number, chunks)
+            for _ in chunks:  # the caller skipped (part of) the record
+                pass
+            header = following[0] if following else None
+
+
+def _record_chunks(lines, following: list, source: str, name: str, start: int, chunk_chars: int):
+    with _input_errors(Path(source)):  # read here, outside stream_fasta's own `with`
+        yield from _chunks_of(lines, following, source, name, start, chunk_chars)
+
+
+def _chunks_of(lines, following: list, source: str, name: str, start: int, chunk_chars: int):
+    pieces: list[str] = []
+    size = total = 0
+    for number, line in lines:
+        if line.startswith(">"):
+            following.append((number, line))
+            break
+        piece = line.strip()
+        if " " in piece or "\t" in piece:
+            piece = "".join(piece.split())
+        if piece:
+            pieces.append(piece)
+            size += len(piece)
+            if size >= chunk_chars:
+                yield "".join(pieces)
+                total += size
+                pieces, size = [], 0
+    if pieces:
+        yield "".join(pieces)
+        total += size
+    if total == 0:
+        raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
+                               "remove the empty record")
+
+
+BED_SPLITS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class BedInterval:
+    chrom: str
+    start: int
+    end: int
+    split: str  # train / validation / test
+    line: int
+
+
+def read_bed(path: str | Path) -> dict[str, list[BedInterval]]:
+    """`chrom<TAB>start<TAB>end<TAB>split` lines (0-based, end exclusive; split train / valid /
+    test, the DNA-xLSTM and Caduceus human-sequences.bed layout) -> intervals per chromosome,
+    sorted by (start, end). Small: one entry per interval, not per base."""
+    intervals: dict[str, list[BedInterval]] = {}
+    for number, line in _lines(path):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise InputFormatError(f"{path} line {number}: {len(fields)} tab-separated columns, expected 4 "
+                                   "(chrom, start, end, split)")
+        chrom, start, end, split = (f.strip() for f in fields)
+        if split not in BED_SPLITS:
+            raise InputFormatError(f"{path} line {number}: split {split!r} is not one of train, valid, test")
+        try:
+            start_i, end_i = int(start), int(end)
+        except ValueError:
+            raise InputFormatError(f"{path} line {number}: start/end {start!r}, {end!r} are not integers") from None
+        if not chrom or start_i < 0 or end_i <= start_i:
+            raise InputFormatError(f"{path} line {number}: interval {chrom}:{start}-{end} is empty or "
+                                   "negative; need 0 <= start < end")
+        intervals.setdefault(chrom, []).append(BedInterval(chrom, start_i, end_i, BED_SPLITS[split], number))
+    if not intervals:
+        raise InputFormatError(f"{path}: no intervals; expected 'chrom<TAB>start<TAB>end<TAB>split' lines")
+    for chrom_intervals in intervals.values():
+        chrom_intervals.sort(key=lambda i: (i.start, i.end, i.line))
+    return intervals

@@ -57,11 +57,15 @@ class ShardWriter:
         info.uname = info.gname = ""
         self._tar.addfile(info, io.BytesIO(payload))
 
-    def write(self, key: str, sequences: list[str], meta: dict) -> None:
-        text = "\n".join(sequences).encode("ascii")
-        self._add_member(f"{key}.{SEQUENCES_EXT}", self._compressor.compress(text))
-        meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-        self._add_member(f"{key}.{META_EXT}", self._compressor.compress(meta_bytes))
+    def write(self, key: str, sequences: list[str] | bytes, meta: dict | bytes) -> None:
+        """One sample; `sequences` and `meta` may come already compressed (the zstd frames a
+        build's worker processes made with the same settings)."""
+        if not isinstance(sequences, bytes):
+            sequences = self._compressor.compress("\n".join(sequences).encode("ascii"))
+        if not isinstance(meta, bytes):
+            meta = self._compressor.compress(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+        self._add_member(f"{key}.{SEQUENCES_EXT}", sequences)
+        self._add_member(f"{key}.{META_EXT}", meta)
         self.samples += 1
 
     def close(self) -> None:
