@@ -21,7 +21,7 @@ from data_pipeline.build_output import run_build
 from data_pipeline.build_parallel import batches
 from data_pipeline.build_parts import Encoded, encode_sample
 from data_pipeline.errors import ConfigError, InputFormatError
-from data_pipeline.readers import accession_keys, open_text, read_family_file, read_fasta, require_files
+from data_pipeline.readers import accession_keys, open_text, read_family_file, require_files, stream_fasta
 from data_pipeline.tokenizers import ProteinTokenizer
 
 TREE_FILE = Path("a3m") / "uniclust30.a3m"
@@ -40,11 +40,12 @@ def _encode_cluster(item, unknown: str, min_members: int) -> Encoded:
     order, name, members, path, split = item
     if path is not None:
         members = [(r.sequence, r.where) for r in read_family_file(path)]
+    files = {"family_files": 1} if path is not None else {}
     if len(members) < min_members:
-        return Encoded(counters={"family_files": int(path is not None)})
+        return Encoded(counters=files)
     sequences = [_tokenizer(unknown).normalize(text, unknown, where) for text, where in members]
     sample = encode_sample(order, name, sequences, sum(map(len, sequences)), name, name, split)
-    return Encoded([sample], counters={"clusters": 1, "family_files": int(path is not None)})
+    return Encoded([sample], counters={"clusters": 1, **files})
 
 
 def _family_files(paths: list[str]) -> list[tuple[str, Path]]:
@@ -131,15 +132,16 @@ class _ClusterTable:
         self.by_hash = np.argsort(hashes, kind="stable")
         self.sorted_hashes = hashes[self.by_hash]
         self.sizes = np.bincount(np.frombuffer(self.cluster, dtype=np.int64), minlength=len(self.names))
-        self.matched = np.zeros(len(self.cluster), dtype=bool)
+        self.matched = bytearray(len(self.cluster))
 
-    def rows_of(self, name: str):
+    def rows_of(self, names: list[str]) -> list[list[int]]:
+        """Table rows whose member is each name (vectorized: one search per batch of names)."""
         import numpy as np
 
-        key = np.int64(hash(name))
-        lo = int(np.searchsorted(self.sorted_hashes, key, "left"))
-        hi = int(np.searchsorted(self.sorted_hashes, key, "right"))
-        return [int(r) for r in self.by_hash[lo:hi]]
+        keys = np.array([hash(name) for name in names], dtype=np.int64)
+        low = np.searchsorted(self.sorted_hashes, keys, "left").tolist()
+        high = np.searchsorted(self.sorted_hashes, keys, "right").tolist()
+        return [self.by_hash[lo:hi].tolist() if hi > lo else [] for lo, hi in zip(low, high)]
 
     def member_at(self, line: int) -> str:
         with open_text(self.path) as handle:
@@ -165,36 +167,25 @@ def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spil
     spills = {b: open(spill_dir / f"{b}.tsv", "w", encoding="utf-8") for b in range(buckets) if ctx.owns_bucket(b)}
     bar = ctx.progress(total if not any(p.endswith(".gz") for p in map(str, fasta_paths)) else None,
                        "reading FASTA", "B")
-    ordinal = 0
-    unclustered_taken = 0
+    state = {"ordinal": 0, "unclustered_taken": 0}
+    kept_list = kept.tolist()
+    cluster_of = table.cluster
     for path in fasta_paths:
-        for record in read_fasta(path):
-            bar.update(len(record.sequence) + len(record.name) + 2)
-            if ordinal % ctx.count == ctx.index:
-                ctx.count_stat("sequences")
-            rows = [r for key in accession_keys(record.name) for r in table.rows_of(key)]
-            targets = []
-            if rows:
-                table.matched[rows] = True
-                targets = [(int(table.cluster[r]), table.line[r]) for r in rows if kept[table.cluster[r]]]
-            else:
-                cluster = n_clusters + ordinal
-                if ctx.owns_bucket(cluster % buckets):
-                    ctx.count_stat("unclustered_sequences")
-                if min_members <= 1 and (budget is None or unclustered_taken < budget):
-                    unclustered_taken += 1
-                    targets = [(cluster, 0)]
-            for cluster, line in targets:
-                spill = spills.get(cluster % buckets)
-                if spill is not None:
-                    name = table.names[cluster] if cluster < n_clusters else record.name
-                    spill.write(f"{cluster}\t{line}\t{name}\t{record.where}\t{record.sequence}\n")
-            ordinal += 1
+        batch = []
+        for record in stream_fasta(path):
+            batch.append((record.name, record.where, "".join(record.chunks)))
+            if len(batch) == 4096:
+                _route(ctx, batch, table, kept_list, cluster_of, spills, buckets, n_clusters, min_members, budget,
+                       state, bar)
+                batch = []
+        _route(ctx, batch, table, kept_list, cluster_of, spills, buckets, n_clusters, min_members, budget, state, bar)
     bar.close()
     for spill in spills.values():
         spill.close()
-    if not table.matched.all():
-        row = int(table.matched.argmin())
+    if not all(table.matched):
+        import numpy as np
+
+        row = int(np.frombuffer(table.matched, dtype=np.uint8).argmin())
         line = table.line[row]
         raise InputFormatError(f"{table_path} line {line}: member {table.member_at(line)!r} is not in "
                                f"the FASTA input ({', '.join(map(str, fasta_paths))}); pass the FASTA "
@@ -212,6 +203,36 @@ def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spil
             yield ((bucket, cluster), name, [(s, w) for _, s, w in members], None, None)
         (spill_dir / f"{bucket}.tsv").unlink()
     shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _route(ctx, batch, table, kept, cluster_of, spills, buckets, n_clusters, min_members, budget, state, bar):
+    """Send each FASTA record of a batch to the bucket of every cluster it is a member of."""
+    keys = [accession_keys(name) for name, _, _ in batch]
+    rows_per_key = iter(table.rows_of([k for record_keys in keys for k in record_keys]))
+    for (name, where, sequence), record_keys in zip(batch, keys):
+        bar.update(len(sequence) + len(name) + 2)
+        ordinal = state["ordinal"]
+        state["ordinal"] += 1
+        if ordinal % ctx.count == ctx.index:
+            ctx.count_stat("sequences")
+        rows = [r for _ in record_keys for r in next(rows_per_key)]
+        targets = []
+        if rows:
+            for r in rows:
+                table.matched[r] = 1
+            targets = [(cluster_of[r], table.line[r]) for r in rows if kept[cluster_of[r]]]
+        else:
+            cluster = n_clusters + ordinal
+            if ctx.owns_bucket(cluster % buckets):
+                ctx.count_stat("unclustered_sequences")
+            if min_members <= 1 and (budget is None or state["unclustered_taken"] < budget):
+                state["unclustered_taken"] += 1
+                targets = [(cluster, 0)]
+        for cluster, line in targets:
+            spill = spills.get(cluster % buckets)
+            if spill is not None:
+                rep = table.names[cluster] if cluster < n_clusters else name
+                spill.write(f"{cluster}\t{line}\t{rep}\t{where}\t{sequence}\n")
 
 
 def _size(item) -> int:

@@ -197,18 +197,20 @@ class StreamedRecord:
 
 def stream_fasta(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[StreamedRecord]:
     """Multi-record FASTA without holding a record in memory (a chromosome is 250 Mbp); the
-    same errors as `read_fasta`. A record's unread chunks are skipped when the next is asked for."""
-    source = str(path)
+    same errors as `read_fasta`. Reads blocks of whole lines (no per-line Python loop); a
+    record's unread chunks are skipped when the next record is asked for."""
+    source, path = str(path), Path(path)
     with open_text(path) as handle:
-        lines = enumerate(handle, start=1)
+        events = _fasta_events(handle, chunk_chars)
         header = None
-        for number, line in lines:
-            if line.startswith(">"):
-                header = (number, line)
+        for kind, number, text in events:
+            if kind == "header":
+                header = (number, text)
                 break
-            if line.strip():
-                raise InputFormatError(f"{source} line {number}: sequence before the first '>' "
-                                       "header; this is not FASTA")
+            if text.strip():
+                blank = len(text) - len(text.lstrip())
+                raise InputFormatError(f"{source} line {number + text.count(chr(10), 0, blank)}: sequence "
+                                       "before the first '>' header; this is not FASTA")
         if header is None:
             raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
         while header is not None:
@@ -218,41 +220,59 @@ def stream_fasta(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[Strea
                 raise InputFormatError(f"{source} line {number}: header without a name; "
                                        "write '>name' before each sequence")
             following: list = []
-            chunks = _record_chunks(lines, following, source, name, number, chunk_chars)
+            chunks = _record_chunks(events, following, path, name, number)
             yield StreamedRecord(name, source, number, chunks)
             for _ in chunks:  # the caller skipped (part of) the record
                 pass
             header = following[0] if following else None
 
 
-def _record_chunks(lines, following: list, source: str, name: str, start: int, chunk_chars: int):
-    with _input_errors(Path(source)):  # read here, outside stream_fasta's own `with`
-        yield from _chunks_of(lines, following, source, name, start, chunk_chars)
+_WHITESPACE = " \t\r\v\f"
 
 
-def _chunks_of(lines, following: list, source: str, name: str, start: int, chunk_chars: int):
-    pieces: list[str] = []
-    size = total = 0
-    for number, line in lines:
-        if line.startswith(">"):
-            following.append((number, line))
-            break
-        piece = line.strip()
-        if " " in piece or "\t" in piece:
-            piece = "".join(piece.split())
-        if piece:
-            pieces.append(piece)
-            size += len(piece)
-            if size >= chunk_chars:
-                yield "".join(pieces)
-                total += size
-                pieces, size = [], 0
-    if pieces:
-        yield "".join(pieces)
-        total += size
-    if total == 0:
-        raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
-                               "remove the empty record")
+def _fasta_events(handle, chunk_chars: int):
+    """('header', line, text) and ('seq', first line, text with newlines) from blocks of whole lines."""
+    number = 1
+    while True:
+        block = handle.read(chunk_chars)
+        if not block:
+            return
+        if not block.endswith("\n"):
+            block += handle.readline()
+        pos = 0
+        while pos < len(block):
+            if block.startswith(">", pos):
+                end = block.find("\n", pos)
+                end = len(block) if end < 0 else end
+                yield "header", number, block[pos:end]
+                number += 1
+                pos = end + 1
+                continue
+            following = block.find("\n>", pos)
+            stop = len(block) if following < 0 else following + 1
+            text = block[pos:stop]
+            yield "seq", number, text
+            number += text.count("\n")
+            pos = stop
+
+
+def _record_chunks(events, following: list, path: Path, name: str, start: int):
+    source = str(path)
+    with _input_errors(path):  # read here, outside stream_fasta's own `with`
+        total = 0
+        for kind, number, text in events:
+            if kind == "header":
+                following.append((number, text))
+                break
+            piece = text.replace("\n", "")
+            if any(c in piece for c in _WHITESPACE):
+                piece = "".join(piece.split())
+            if piece:
+                total += len(piece)
+                yield piece
+        if total == 0:
+            raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
+                                   "remove the empty record")
 
 
 BED_SPLITS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
