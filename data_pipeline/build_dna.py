@@ -49,42 +49,46 @@ class _WindowCutter:
         self.window_len, self.min_window_len, self.min_n_run = window_len, min_window_len, min_n_run
         self.long_run = re.compile(f"[^ACGTacgt]{{{min_n_run}}}")
         self.validate = validate  # checks the symbols of skipped N-runs
-        self.buf, self.pos, self.skipping = "", 0, False
+        self.buf, self.offset, self.pos, self.skipping = "", 0, 0, False
         self.n_run_bases = self.dropped_short_bases = 0
 
     def feed(self, chunk: str, final: bool = False):
-        """(start, end, text) of every window that is complete after this chunk."""
-        self.buf += chunk
+        """(start, end, text) of every window that is complete after this chunk. Works on an
+        offset into the buffer: slicing the buffer per window would copy it per window."""
+        buf = self.buf = self.buf[self.offset:] + chunk
+        self.offset = 0
         limit = self.window_len + self.min_n_run - 1
         while True:
+            at = self.offset
             if self.skipping:
-                base = _BASE.search(self.buf)
-                skipped = len(self.buf) if base is None else base.start()
-                self.validate(self.buf[:skipped])
-                self.n_run_bases += skipped
-                self.pos += skipped
-                self.buf = self.buf[skipped:]
+                base = _BASE.search(buf, at)
+                stop = len(buf) if base is None else base.start()
+                self.validate(buf[at:stop])
+                self.n_run_bases += stop - at
+                self.pos += stop - at
+                self.offset = at = stop
                 if base is None:
                     return
                 self.skipping = False
-            if not self.buf or (len(self.buf) < limit and not final):
+            remaining = len(buf) - at
+            if remaining == 0 or (remaining < limit and not final):
                 return
-            region = self.buf[:limit]
+            region_end = min(len(buf), at + limit)
             # most windows hold only bases: deleting them (one C pass) is 40x faster than the regex
-            hit = self.long_run.search(region) if region.translate(_DROP_BASES) else None
-            if hit is None or hit.start() >= self.window_len:
-                end = min(len(self.buf), self.window_len)
+            hit = self.long_run.search(buf, at, region_end) if buf[at:region_end].translate(_DROP_BASES) else None
+            if hit is None or hit.start() - at >= self.window_len:
+                end = min(remaining, self.window_len)
                 if end < self.window_len and not final:
                     return
             else:
-                end = hit.start()
+                end = hit.start() - at
                 self.skipping = True
             if end >= self.min_window_len:
-                yield self.pos, self.pos + end, self.buf[:end]
+                yield self.pos, self.pos + end, buf[at:at + end]
             else:
                 self.dropped_short_bases += end
             self.pos += end
-            self.buf = self.buf[end:]
+            self.offset = at + end
 
 
 def _window_items(ctx, inputs, window_len, min_window_len, min_n_run, split_by, unknown, bar):

@@ -201,8 +201,13 @@ def _tokenizer(infos: list[dict]) -> dict:
 
 def _merged(parts: list[Path]):
     """(entry, part position) of every sample of all parts, in input order."""
-    streams = [((entry, position) for entry in iter_index(part)) for position, part in enumerate(parts)]
-    return heapq.merge(*streams, key=lambda item: item[0][0])
+    return heapq.merge(*(_tagged(part, position) for position, part in enumerate(parts)),
+                       key=lambda item: item[0][0])
+
+
+def _tagged(part: Path, position: int):
+    for entry in iter_index(part):
+        yield entry, position
 
 
 def _validation_threshold(parts: list[Path], infos: list[dict]) -> int:
