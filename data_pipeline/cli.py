@@ -25,6 +25,16 @@ def _common(parser: argparse.ArgumentParser, val_default: float) -> None:
     parser.add_argument("--part", metavar="I/N", default=None,
                         help="build only part I of N (groups by a stable hash) into --out/part-I-of-N; "
                              "then `bioxlstm data merge --out DIR PARTS...`")
+    slurm = parser.add_argument_group("SLURM (submitit): the parts as a job array, then a merge job")
+    slurm.add_argument("--slurm", type=int, metavar="N", default=None,
+                       help="submit N parts as a SLURM array into --out.parts/, and a merge job into --out")
+    slurm.add_argument("--partition", help="SLURM partition (with --slurm)")
+    slurm.add_argument("--time", type=int, default=240, metavar="MIN", help="time limit per part in minutes (240)")
+    slurm.add_argument("--mem", help="memory per part, e.g. 8G")
+    slurm.add_argument("--account", help="SLURM account")
+    slurm.add_argument("--setup", action="append", default=[], metavar="CMD",
+                       help="shell line run before each job (repeatable), e.g. 'source .venv/bin/activate'")
+    slurm.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch scripts, submit nothing")
 
 
 def register(subparsers) -> None:
@@ -107,27 +117,53 @@ def register(subparsers) -> None:
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
 
-def _build(args) -> int:
-    common = dict(out=args.out, val_fraction=args.val_fraction, seed=args.seed,
-                  shard_mb=args.shard_mb, progress=not args.no_progress, workers=args.workers, part=args.part)
+def _builder_kwargs(args) -> dict:
+    """The builder's own arguments (everything but --out, --part and the SLURM options)."""
+    from pathlib import Path
+
+    common = dict(inputs=[str(Path(p).absolute()) if args.slurm else p for p in args.inputs],
+                  val_fraction=args.val_fraction, seed=args.seed, shard_mb=args.shard_mb, workers=args.workers)
     if args.modality == "dna":
-        from data_pipeline.build_dna import build_dna
-        manifest = build_dna(args.inputs, window_len=args.window_len, min_window_len=args.min_window_len,
-                             min_n_run=args.min_n_run, split_by=args.split_by, unknown=args.unknown, bed=args.bed,
-                             **common)
-    elif args.modality == "protein":
-        from data_pipeline.build_protein import build_protein
-        manifest = build_protein(args.inputs, clusters=args.clusters, unknown=args.unknown,
-                                 min_members=args.min_members, max_clusters=args.max_clusters,
-                                 validation_list=args.validation_list, test_list=args.test_list, **common)
-    else:
-        from data_pipeline.build_molecules import build_molecules
-        manifest = build_molecules(args.inputs, min_domain_size=args.min_domain_size,
-                                   max_molecules=args.max_molecules, fmt=args.format, **common)
+        return dict(common, window_len=args.window_len, min_window_len=args.min_window_len, min_n_run=args.min_n_run,
+                    split_by=args.split_by, unknown=args.unknown, bed=args.bed)
+    if args.modality == "protein":
+        return dict(common, clusters=args.clusters, unknown=args.unknown, min_members=args.min_members,
+                    max_clusters=args.max_clusters, validation_list=args.validation_list, test_list=args.test_list)
+    return dict(common, min_domain_size=args.min_domain_size, max_molecules=args.max_molecules, fmt=args.format)
+
+
+def _build(args) -> int:
+    from data_pipeline.build_slurm import _builder
+
+    kwargs = _builder_kwargs(args)
+    if args.slurm is not None:
+        return _submit(args, kwargs)
+    manifest = _builder(args.modality)(out=args.out, part=args.part, progress=not args.no_progress, **kwargs)
     if args.part is not None:
         print(f"wrote part {manifest['part']}/{manifest['parts']} ({manifest['samples']} samples) under {args.out}")
         return 0
     return _report(manifest, args.out)
+
+
+def _submit(args, kwargs: dict) -> int:
+    from pathlib import Path
+
+    from data_pipeline.build_slurm import SlurmDataOptions, submit_build
+    from data_pipeline.errors import ConfigError
+
+    if args.slurm < 1 or args.part is not None:
+        raise ConfigError(f"--slurm {args.slurm}: give the number of parts (>= 1), without --part")
+    if not args.partition:
+        raise ConfigError("--partition is missing: name the SLURM partition the parts run on")
+    for name in ("bed", "clusters", "validation_list", "test_list"):
+        if kwargs.get(name):
+            kwargs[name] = str(Path(kwargs[name]).absolute())
+    options = SlurmDataOptions(partition=args.partition, time_min=args.time, cpus_per_task=args.workers,
+                               mem=args.mem, account=args.account, setup=list(args.setup))
+    for line in submit_build(args.modality, kwargs, args.slurm, str(Path(args.out).absolute()), options,
+                             args.dry_run):
+        print(line)
+    return 0
 
 
 def _merge(args) -> int:

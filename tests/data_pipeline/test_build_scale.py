@@ -80,6 +80,8 @@ CASES = {
                                                         min_members=3, max_clusters=120, shard_mb=20000 / 2**20)),
     "molecules": (lambda g: build_molecules, lambda g: dict(inputs=[str(ICST)], fmt="icst", val_fraction=0.3,
                                                             min_domain_size=2)),
+    "scaffolds": (lambda g: build_molecules, lambda g: dict(inputs=[str(CHEMBL)], min_domain_size=1,
+                                                            val_fraction=0.2, shard_mb=4000 / 2**20)),
 }
 
 
