@@ -81,6 +81,7 @@ class _CharTokenizer(_VocabTokenizer):
         # whose code point happens to be < vocab_size must not pass as a special-token id.
         self._unknown = re.compile(f"[^{re.escape(''.join(sorted(self.char_ids())))}]")
         self._normal = {ord(char): self.vocab[index] for char, index in self.char_ids().items()}
+        self._drop_known = {ord(char): None for char in self.char_ids()}
 
     def char_ids(self) -> dict[str, int]:
         raise NotImplementedError
@@ -90,7 +91,8 @@ class _CharTokenizer(_VocabTokenizer):
         token (IUPAC -> N), unknown symbols refused or replaced; what builders store."""
         policy = unknown or self.unknown
         _check_policy(policy)
-        bad = self._unknown.search(sequence)
+        # deleting the known symbols (one C pass) is much faster than the regex on clean input
+        bad = self._unknown.search(sequence) if sequence.translate(self._drop_known) else None
         if bad is not None:
             if policy == "error":
                 raise self._unknown_error(sequence[bad.start()], bad.start(), where)
