@@ -21,7 +21,7 @@ from data_pipeline.build_output import run_build
 from data_pipeline.build_parallel import batches
 from data_pipeline.build_parts import Encoded, encode_sample
 from data_pipeline.errors import ConfigError, InputFormatError
-from data_pipeline.readers import accession_keys, open_text, read_family_file, require_files, stream_fasta
+from data_pipeline.readers import accession_keys, fasta_records, open_text, read_family_file, require_files
 from data_pipeline.tokenizers import ProteinTokenizer
 
 TREE_FILE = Path("a3m") / "uniclust30.a3m"
@@ -172,8 +172,8 @@ def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spil
     cluster_of = table.cluster
     for path in fasta_paths:
         batch = []
-        for record in stream_fasta(path):
-            batch.append((record.name, record.where, "".join(record.chunks)))
+        for name, sequence, line in fasta_records(path):
+            batch.append((name, f"{path} record {name!r} (line {line})", sequence))
             if len(batch) == 4096:
                 _route(ctx, batch, table, kept_list, cluster_of, spills, buckets, n_clusters, min_members, budget,
                        state, bar)

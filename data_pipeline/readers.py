@@ -275,6 +275,57 @@ def _record_chunks(events, following: list, path: Path, name: str, start: int):
                                    "remove the empty record")
 
 
+def fasta_records(path: str | Path, block_chars: int = 1 << 22) -> Iterator[tuple[str, str, int]]:
+    """(name, sequence, header line) of every record, for files of many short records (proteins):
+    whole blocks are split at line-initial '>' with str methods, a few microseconds per record
+    instead of a Python loop per line. The same errors as `read_fasta` (no alignment handling)."""
+    source = str(path)
+    with open_text(path) as handle:
+        pending, line, seen = None, 1, False
+        while True:
+            block = handle.read(block_chars)
+            if block and not block.endswith("\n"):
+                block += handle.readline()
+            if pending is None:  # before the first header: only blank lines allowed
+                text = block
+                while text and not text.startswith(">"):
+                    head, newline, text = text.partition("\n")
+                    if head.strip():
+                        raise InputFormatError(f"{source} line {line}: sequence before the first '>' "
+                                               "header; this is not FASTA")
+                    line += bool(newline)
+                if not text:
+                    if not block:
+                        break
+                    continue
+                pending = ""
+                block = text
+            chunks = (pending + block).split("\n>")
+            pending = chunks.pop() if block else None
+            for chunk in chunks:
+                seen = True
+                yield _fasta_record(chunk, source, line)
+                line += chunk.count("\n") + 1
+            if not block:
+                break
+    if not seen:
+        raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+
+
+def _fasta_record(chunk: str, source: str, line: int) -> tuple[str, str, int]:
+    header, _, body = chunk.partition("\n")
+    header = header[1:] if header.startswith(">") else header
+    name = header.split(maxsplit=1)[0] if header.strip() else ""
+    if not name:
+        raise InputFormatError(f"{source} line {line}: header without a name; write '>name' before each sequence")
+    sequence = body.replace("\n", "")
+    if any(c in sequence for c in _WHITESPACE):
+        sequence = "".join(sequence.split())
+    if not sequence:
+        raise InputFormatError(f"{source} line {line}: record {name!r} has no sequence; remove the empty record")
+    return name, sequence, line
+
+
 BED_SPLITS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
 
 

@@ -173,6 +173,38 @@ def test_killed_build_resumes_to_the_uninterrupted_result(where, workers, genome
     assert not (out / ".build").exists() and not list(out.glob(".*"))
 
 
+def test_block_fasta_readers_agree_with_the_line_reader(tmp_path):
+    """The block-based readers the builds use give read_fasta's records, or its error, on fresh
+    random FASTA-like text (blank lines, empty records, nameless headers, '>' inside a line,
+    whitespace in sequences, no final newline), for block sizes that cut lines anywhere."""
+    from data_pipeline.readers import fasta_records, read_fasta, stream_fasta
+
+    rng = random.Random()
+    path = tmp_path / "x.fa"
+
+    def outcome(read):
+        try:
+            return read()
+        except InputFormatError as err:
+            return str(err)
+
+    for _ in range(150):
+        parts = []
+        for _ in range(rng.randint(0, 6)):
+            kind = rng.random()
+            if kind < 0.6:
+                parts.append(">" + rng.choice(["", " ", "n1", "sp|P1|X desc", "r"]) + "\n" + "\n".join(
+                    "".join(rng.choice("ACDE \t") for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(0, 3)))
+                    + "\n")
+            else:
+                parts.append(rng.choice(["\n", "\n\n", "ACD>EF\n"]))
+        path.write_text("".join(parts).rstrip("\n") if rng.random() < 0.3 else "".join(parts))
+        expected = outcome(lambda: [(r.name, r.sequence, r.line) for r in read_fasta(path)])
+        for size in (3, 11, 1 << 20):
+            assert outcome(lambda: list(fasta_records(path, size))) == expected
+            assert outcome(lambda: [(r.name, "".join(r.chunks), r.line) for r in stream_fasta(path, size)]) == expected
+
+
 # ----------------------------------------------------------------------------------- BED
 BED = "chrA\t0\t5000\ttrain\nchrA\t4000\t9000\tvalid\nchrB\t100\t1100\ttest\nchrB\t19000\t19300\ttrain\nchrC\t10\t60\ttrain\n"
 
