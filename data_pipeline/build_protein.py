@@ -103,36 +103,51 @@ def _family_items(ctx, paths, max_clusters, split_lists):
 
 
 class _ClusterTable:
-    """The table as arrays: cluster ordinal (order of first appearance), member hash, line per row."""
+    """The table as arrays, about 20 bytes per row: cluster ordinal (order of first appearance,
+    from 64-bit name hashes), member hash (sorted, for lookups), line. Names are not kept: a
+    second pass over the table writes each kept cluster's representative into its bucket."""
 
     def __init__(self, path: str):
+        import numpy as np
+
         self.path = path
-        self.ordinal: dict[str, int] = {}
-        self.cluster = array.array("l")
-        self.member_hash = array.array("q")
-        self.line = array.array("l")
-        with open_text(path) as handle:
+        rep_hash, member_hash, line = array.array("q"), array.array("q"), array.array("i")
+        for number, rep, member in self.rows():
+            rep_hash.append(hash(rep))
+            member_hash.append(hash(member))
+            line.append(number)
+        if not line:
+            raise InputFormatError(f"{path}: empty cluster table")
+        _, first, inverse = np.unique(np.frombuffer(rep_hash, dtype=np.int64), return_index=True,
+                                      return_inverse=True)
+        del rep_hash
+        by_appearance = np.argsort(first, kind="stable")
+        rank = np.empty_like(by_appearance)
+        rank[by_appearance] = np.arange(len(first))
+        self.cluster = rank[inverse].astype(np.int32)
+        self.n_clusters = len(first)
+        self.first_row = np.zeros(len(line), dtype=bool)
+        self.first_row[first] = True
+        del first, inverse, rank, by_appearance
+        hashes = np.frombuffer(member_hash, dtype=np.int64)
+        self.by_hash = np.argsort(hashes, kind="stable").astype(np.int32)
+        self.sorted_hashes = hashes[self.by_hash]
+        del hashes, member_hash
+        self.line = np.frombuffer(line, dtype=np.int32)
+        self.sizes = np.bincount(self.cluster, minlength=self.n_clusters)
+        self.matched = bytearray(len(line))
+
+    def rows(self):
+        """(line, representative, member) of every non-blank line, checked."""
+        with open_text(self.path) as handle:
             for number, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
                 fields = text.rstrip("\r\n").split("\t")
                 if len(fields) != 2 or not fields[0] or not fields[1]:
-                    raise InputFormatError(f"{path} line {number}: expected 'representative<TAB>member', "
+                    raise InputFormatError(f"{self.path} line {number}: expected 'representative<TAB>member', "
                                            f"got {text.strip()[:60]!r}")
-                self.cluster.append(self.ordinal.setdefault(fields[0], len(self.ordinal)))
-                self.member_hash.append(hash(fields[1]))
-                self.line.append(number)
-        if not self.ordinal:
-            raise InputFormatError(f"{path}: empty cluster table")
-        import numpy as np
-
-        self.names = list(self.ordinal)
-        self.ordinal = None  # the names list is enough from here on
-        hashes = np.frombuffer(self.member_hash, dtype=np.int64)
-        self.by_hash = np.argsort(hashes, kind="stable")
-        self.sorted_hashes = hashes[self.by_hash]
-        self.sizes = np.bincount(np.frombuffer(self.cluster, dtype=np.int64), minlength=len(self.names))
-        self.matched = bytearray(len(self.cluster))
+                yield number, fields[0], fields[1]
 
     def rows_of(self, names: list[str]) -> list[list[int]]:
         """Table rows whose member is each name (vectorized: one search per batch of names)."""
@@ -153,14 +168,14 @@ class _ClusterTable:
 
 def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spill_dir: Path, fixed: dict):
     table = _ClusterTable(table_path)
-    fixed["clusters_in_table"] = len(table.names)
+    fixed["clusters_in_table"] = table.n_clusters
     kept = table.sizes >= min_members
     if max_clusters is not None:
         kept &= kept.cumsum() <= max_clusters
         budget = max(0, max_clusters - int(kept.sum()))
     else:
         budget = None
-    n_clusters = len(table.names)
+    n_clusters = table.n_clusters
     total = sum(Path(p).stat().st_size for p in fasta_paths)
     buckets = max(1, min(256, total // BUCKET_BYTES + 1))
     spill_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +185,10 @@ def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spil
     state = {"ordinal": 0, "unclustered_taken": 0}
     kept_list = kept.tolist()
     cluster_of = table.cluster
+    for row, (_, rep, _) in enumerate(table.rows()):  # representative names, into their buckets
+        cluster = int(cluster_of[row])
+        if table.first_row[row] and kept_list[cluster] and (cluster % buckets) in spills:
+            spills[cluster % buckets].write(f"#{cluster}\t{rep}\n")
     for path in fasta_paths:
         batch = []
         for name, sequence, line in fasta_records(path):
@@ -193,12 +212,18 @@ def _cluster_items(ctx, fasta_paths, table_path, min_members, max_clusters, spil
     del table
     for bucket in sorted(spills):
         clusters: dict[int, list] = {}
+        names: dict[int, str] = {}
         with open(spill_dir / f"{bucket}.tsv", encoding="utf-8") as handle:
             for text in handle:
+                if text.startswith("#"):
+                    cluster, name = text[1:].rstrip("\n").split("\t")
+                    names[int(cluster)] = name
+                    continue
                 cluster, line, name, where, sequence = text.rstrip("\n").split("\t")
                 clusters.setdefault(int(cluster), [name, []])[1].append((int(line), sequence, where))
         for cluster in sorted(clusters):
             name, members = clusters[cluster]
+            name = name or names[cluster]
             members.sort(key=lambda m: m[0])
             yield ((bucket, cluster), name, [(s, w) for _, s, w in members], None, None)
         (spill_dir / f"{bucket}.tsv").unlink()
@@ -220,7 +245,7 @@ def _route(ctx, batch, table, kept, cluster_of, spills, buckets, n_clusters, min
         if rows:
             for r in rows:
                 table.matched[r] = 1
-            targets = [(cluster_of[r], table.line[r]) for r in rows if kept[cluster_of[r]]]
+            targets = [(int(cluster_of[r]), int(table.line[r])) for r in rows if kept[cluster_of[r]]]
         else:
             cluster = n_clusters + ordinal
             if ctx.owns_bucket(cluster % buckets):
@@ -231,7 +256,7 @@ def _route(ctx, batch, table, kept, cluster_of, spills, buckets, n_clusters, min
         for cluster, line in targets:
             spill = spills.get(cluster % buckets)
             if spill is not None:
-                rep = table.names[cluster] if cluster < n_clusters else name
+                rep = "" if cluster < n_clusters else name  # clustered: the bucket has the name
                 spill.write(f"{cluster}\t{line}\t{rep}\t{where}\t{sequence}\n")
 
 
