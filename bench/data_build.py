@@ -43,7 +43,6 @@ def make_genome(path: Path, bases: int, records: int = 4, seed: int = 0) -> None
             for start in range(0, per_record, 1_000_000):
                 n = min(1_000_000, per_record - start)
                 block = alphabet[rng.integers(0, 4, n)]
-                block[::70_000][:1] = block[::70_000][:1]
                 for masked in range(0, n, 70_000):
                     block[masked:masked + 10_000] += 32  # lower case
                 block[n // 2:n // 2 + 5_000] = ord("N")
