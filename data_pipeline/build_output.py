@@ -109,7 +109,8 @@ def run_build(out_dir: str | Path, modality: str, produce: Callable[[BuildContex
     single = part is None
     folder = out / WORK_DIR / part_name(0, 1) if single else out / part_name(index, count)
     identity = {"modality": modality, "build_args": build_args, "part": index, "parts": count,
-                "val_fraction": val_fraction, "seed": seed, "shard_bytes": int(shard_mb * 2**20)}
+                "val_fraction": val_fraction, "seed": seed, "shard_bytes": int(shard_mb * 2**20),
+                "input_stamps": _input_stamps(build_args)}
     written: list[Path] = [out / WORK_DIR] if single else [folder]
     try:
         info = read_part(folder)
@@ -131,6 +132,18 @@ def run_build(out_dir: str | Path, modality: str, produce: Callable[[BuildContex
                                   "removed the files it had written; free disk space or choose "
                                   "another --out") from None
         raise
+
+
+def _input_stamps(build_args: dict) -> list:
+    """(path, size, mtime) of every input file named in the arguments: a finished part is reused
+    only if its inputs did not change since."""
+    stamps = []
+    for value in build_args.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and Path(item).exists():
+                stat = Path(item).stat()
+                stamps.append([item, stat.st_size, stat.st_mtime_ns])
+    return stamps
 
 
 def _produce_part(folder: Path, produce, identity: dict, seed: int, workers: int, progress: bool) -> dict:

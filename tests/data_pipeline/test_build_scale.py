@@ -118,6 +118,16 @@ def test_dna_parts_split_by_record_and_merge_checks_the_set(genome, tmp_path):
     payload.write_bytes(payload.read_bytes()[:-1] + b"!")
     build_dna([str(genome)], str(tmp_path / "parts"), part="0/2", **kwargs)
     assert payload.stat().st_mtime_ns != before
+    # ... and when an input changed since (size or mtime)
+    redone = payload.stat().st_mtime_ns
+    stat = genome.stat()
+    os.utime(genome, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        build_dna([str(genome)], str(tmp_path / "parts"), part="0/2", **kwargs)
+    finally:
+        os.utime(genome, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert payload.stat().st_mtime_ns != redone
+    build_dna([str(genome)], str(tmp_path / "parts"), part="0/2", **kwargs)  # stamps as part 1/2's again
     code = bioxlstm(["data", "merge", str(tmp_path / "parts"), "--out", str(tmp_path / "cli"), "--no-progress"])
     assert code == 0
     build_dna([str(genome)], str(tmp_path / "single"), **kwargs)
