@@ -132,7 +132,32 @@ def bench(modality: str, size_index: int, workers: int, root: Path) -> dict:
     return dict(modality=modality, size=size, workers=workers, input_mb=round(input_bytes / 2**20, 1),
                 samples=samples, wall_s=round(result["wall_s"], 2), main_rss_mb=round(result["main_rss_mb"]),
                 worker_rss_mb=round(result["worker_rss_mb"]),
-                mb_per_s=round(input_bytes / 2**20 / result["wall_s"], 1))
+                mb_per_s=round(input_bytes / 2**20 / result["wall_s"], 2), units_per_s=round(size / result["wall_s"]))
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def parallel_capacity(n: int = 20_000_000) -> dict:
+    """What 2 processes can get on this machine now: a pure-Python loop split in two halves
+    (1.0 = no spare core; 2.0 = two free cores). Read the worker speedups against it."""
+    import multiprocessing
+    import os
+
+    start = time.perf_counter()
+    _spin(n)
+    one = time.perf_counter() - start
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [10, 10])
+        start = time.perf_counter()
+        pool.map(_spin, [n // 2, n // 2])
+        two = time.perf_counter() - start
+    return {"probe": "2-process speedup of a pure CPU loop", "speedup": round(one / two, 2),
+            "loadavg": [round(x, 1) for x in os.getloadavg()]}
 
 
 def main() -> None:
@@ -144,6 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out)
     sizes = {"small": [0], "large": [1], "both": [0, 1]}[args.sizes]
+    print(json.dumps(parallel_capacity()), flush=True)
     rows = []
     for modality in args.modalities.split(","):
         for size_index in sizes:
@@ -151,11 +177,12 @@ def main() -> None:
                 row = bench(modality, size_index, workers, root)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    print("\n| modality | input | size | workers | samples | wall s | MB/s | peak RSS main / worker MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(json.dumps(parallel_capacity()), flush=True)
+    print("\n| modality | input | size | workers | samples | wall s | MB/s | size/s | peak RSS main / worker MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['modality']} | {r['input_mb']} MB | {r['size']:,} | {r['workers']} | {r['samples']:,} | "
-              f"{r['wall_s']} | {r['mb_per_s']} | {r['main_rss_mb']} / {r['worker_rss_mb']} |")
+              f"{r['wall_s']} | {r['mb_per_s']} | {r['units_per_s']:,} | {r['main_rss_mb']} / {r['worker_rss_mb']} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from data_pipeline.tokenizers import split_smiles
 
 ACYCLIC_DOMAIN = "<acyclic>"  # molecules without rings have an empty Murcko scaffold
 FORMATS = ("auto", "icst", "smiles")
-BUCKET_BYTES = 32 << 20
+BUCKET_BYTES = 4 << 20  # input bytes per on-disk bucket: what grouping holds in memory at once
 _rdkit = None
 
 

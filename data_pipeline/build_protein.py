@@ -25,7 +25,7 @@ from data_pipeline.readers import accession_keys, fasta_records, open_text, read
 from data_pipeline.tokenizers import ProteinTokenizer
 
 TREE_FILE = Path("a3m") / "uniclust30.a3m"
-BUCKET_BYTES = 32 << 20
+BUCKET_BYTES = 8 << 20  # FASTA bytes per on-disk bucket: what grouping holds in memory at once
 _tokenizers: dict = {}
 
 
