@@ -111,24 +111,32 @@ class _ClusterTable:
         import numpy as np
 
         self.path = path
-        rep_hash, member_hash, line = array.array("q"), array.array("q"), array.array("i")
+        # MMseqs2 lists a cluster's rows together: hash each run of one representative once
+        run_hash, run_start, cluster = array.array("q"), array.array("i"), array.array("i")
+        member_hash, line = array.array("q"), array.array("i")
+        previous = None
         for number, rep, member in self.rows():
-            rep_hash.append(hash(rep))
+            if rep != previous:
+                run_hash.append(hash(rep))
+                run_start.append(len(line))
+                previous = rep
+            cluster.append(len(run_hash) - 1)
             member_hash.append(hash(member))
             line.append(number)
         if not line:
             raise InputFormatError(f"{path}: empty cluster table")
-        _, first, inverse = np.unique(np.frombuffer(rep_hash, dtype=np.int64), return_index=True,
+        # runs of the same representative (a table not grouped by cluster) are one cluster;
+        # ordinals count clusters in order of first appearance
+        _, first, inverse = np.unique(np.frombuffer(run_hash, dtype=np.int64), return_index=True,
                                       return_inverse=True)
-        del rep_hash
-        by_appearance = np.argsort(first, kind="stable")
-        rank = np.empty_like(by_appearance)
-        rank[by_appearance] = np.arange(len(first))
-        self.cluster = rank[inverse].astype(np.int32)
+        rank = np.empty(len(first), dtype=np.int32)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int32)
+        run_cluster = rank[inverse]
+        self.cluster = run_cluster[np.frombuffer(cluster, dtype=np.int32)]
+        del cluster, run_hash, inverse
         self.n_clusters = len(first)
         self.first_row = np.zeros(len(line), dtype=bool)
-        self.first_row[first] = True
-        del first, inverse, rank, by_appearance
+        self.first_row[np.frombuffer(run_start, dtype=np.int32)[first]] = True
         hashes = np.frombuffer(member_hash, dtype=np.int64)
         self.by_hash = np.argsort(hashes, kind="stable").astype(np.int32)
         self.sorted_hashes = hashes[self.by_hash]
