@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _builder(modality: str):
+def builder_for(modality: str):
     if modality == "dna":
         from data_pipeline.build_dna import build_dna
         return build_dna
@@ -35,7 +35,7 @@ class DataPartJob:
     parts_dir: str
 
     def __call__(self, index: int) -> dict:
-        info = _builder(self.modality)(out=self.parts_dir, part=f"{index}/{self.parts}", progress=False,
+        info = builder_for(self.modality)(out=self.parts_dir, part=f"{index}/{self.parts}", progress=False,
                                        **self.kwargs)
         return {"part": info["part"], "samples": info["samples"]}
 

@@ -133,12 +133,12 @@ def _builder_kwargs(args) -> dict:
 
 
 def _build(args) -> int:
-    from data_pipeline.build_slurm import _builder
+    from data_pipeline.build_slurm import builder_for
 
     kwargs = _builder_kwargs(args)
     if args.slurm is not None:
         return _submit(args, kwargs)
-    manifest = _builder(args.modality)(out=args.out, part=args.part, progress=not args.no_progress, **kwargs)
+    manifest = builder_for(args.modality)(out=args.out, part=args.part, progress=not args.no_progress, **kwargs)
     if args.part is not None:
         print(f"wrote part {manifest['part']}/{manifest['parts']} ({manifest['samples']} samples) under {args.out}")
         return 0
