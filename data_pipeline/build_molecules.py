@@ -1,24 +1,54 @@
-"""Molecule-domain shards: one sample = all molecules of one domain.
+"""Molecule shards: one sample = the molecules of one domain, or one molecule.
 
-Domains come from a `smiles,domain` CSV, or, for plain SMILES files (one per line), from the
-Bemis-Murcko scaffold (RDKit) of each molecule. Every SMILES is validated and canonicalized
-with RDKit; invalid ones are counted and reported (manifest `stats`), never silently dropped.
-The split is by domain.
+Inputs (`--format`):
+- `auto` (default): a `smiles,domain` CSV, or plain SMILES files (one per line) grouped by the
+  Bemis-Murcko scaffold (RDKit) of each molecule;
+- `icst`: one domain per line, its molecules joined by '.' (the Chem-xLSTM in-context style
+  transfer data; a plain SMILES file may hold '.' as salts, hence the flag);
+- `smiles`: one molecule per line, each its own sample (unconditional training, e.g. ChEMBL).
+Every SMILES is validated and canonicalized with RDKit in worker processes; invalid ones are
+counted and reported (manifest `stats`), never silently dropped. The split is by domain
+(by line for `icst` and `smiles`). Grouping by domain spills molecules to on-disk buckets by
+domain hash, so at most one bucket is in memory.
 """
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+import zlib
+from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
-from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
-from data_pipeline.errors import InputFormatError
-from data_pipeline.readers import open_text
-from data_pipeline.tokenizers import SmilesTokenizer
+from data_pipeline.build_output import run_build
+from data_pipeline.build_parallel import batches
+from data_pipeline.build_parts import Encoded, encode_sample
+from data_pipeline.errors import ConfigError, InputFormatError
+from data_pipeline.readers import open_text, require_files
+from data_pipeline.tokenizers import split_smiles
 
 ACYCLIC_DOMAIN = "<acyclic>"  # molecules without rings have an empty Murcko scaffold
-INVALID_EXAMPLES = 20
+FORMATS = ("auto", "icst", "smiles")
+BUCKET_BYTES = 4 << 20  # input bytes per on-disk bucket: what grouping holds in memory at once
+_rdkit = None
+
+
+def _chem():
+    global _rdkit
+    if _rdkit is None:
+        from rdkit import Chem, RDLogger
+        from rdkit.Chem.Scaffolds import MurckoScaffold
+
+        RDLogger.DisableLog("rdApp.*")
+        _rdkit = (Chem, MurckoScaffold)
+    return _rdkit
+
+
+def _canonical(smiles: str):
+    """(canonical SMILES, mol) or (None, None) if RDKit cannot parse it."""
+    chem, _ = _chem()
+    mol = chem.MolFromSmiles(smiles) if smiles else None
+    return (None, None) if mol is None else (chem.MolToSmiles(mol), mol)
 
 
 def _csv_rows(reader, path: str):
@@ -56,44 +86,15 @@ def _rows(path: str):
                     yield number, line.split()[0], None
 
 
-def molecule_samples(inputs: list[str], min_domain_size: int = 2, max_molecules: int | None = None,
-                     progress: bool = True) -> tuple[list[Sample], dict]:
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-
-    RDLogger.DisableLog("rdApp.*")
-    domains: dict[str, list[str]] = {}
-    seen = invalid = 0
-    invalid_examples = []
-    for path in inputs:
-        for number, smiles, domain in tqdm(_rows(path), desc=f"reading {Path(path).name}",
-                                           unit="mol", disable=not progress):
-            if max_molecules is not None and seen >= max_molecules:
-                break
+def _lines(inputs, max_lines):
+    """(order, path, line, text) of every non-empty line, at most `max_lines`."""
+    seen = 0
+    for file_index, path in enumerate(inputs):
+        for number, smiles, domain in _rows(path):
+            if max_lines is not None and seen >= max_lines:
+                return
             seen += 1
-            mol = Chem.MolFromSmiles(smiles) if smiles else None
-            if mol is None:
-                invalid += 1
-                if len(invalid_examples) < INVALID_EXAMPLES:
-                    invalid_examples.append(f"{path}:{number}: {smiles!r}")
-                continue
-            canonical = Chem.MolToSmiles(mol)
-            if domain is None:
-                domain = MurckoScaffold.MurckoScaffoldSmiles(mol=mol) or ACYCLIC_DOMAIN
-            domains.setdefault(domain, []).append(canonical)
-    if seen == 0:
-        raise InputFormatError(f"no SMILES found in {', '.join(map(str, inputs))}")
-    if seen == invalid:
-        raise InputFormatError(f"all {seen} SMILES in {', '.join(map(str, inputs))} are invalid "
-                               f"(first: {invalid_examples[0]}); check the column/format")
-    samples = [Sample(domain, members, 0, domain, domain)
-               for domain, members in domains.items() if len(members) >= min_domain_size]
-    stats = {"molecules_read": seen, "invalid_smiles": invalid, "invalid_examples": invalid_examples,
-             "domains_found": len(domains), "domains": len(samples),
-             "molecules_in_small_domains": sum(len(m) for m in domains.values() if len(m) < min_domain_size),
-             "min_domain_size": min_domain_size,
-             "grouping": "csv domain column" if any(_has_domain_column(p) for p in inputs) else "murcko scaffold"}
-    return samples, stats
+            yield (file_index, number), path, number, smiles, domain
 
 
 def _has_domain_column(path: str) -> bool:
@@ -101,21 +102,140 @@ def _has_domain_column(path: str) -> bool:
         return "domain" in [h.strip().lower() for h in handle.readline().split(",")]
 
 
+# ----------------------------------------------------------------------------- worker side
+def _invalid(order, path, number, smiles) -> Encoded:
+    return Encoded(counters={"molecules_read": 1, "invalid_smiles": 1},
+                   examples=[[list(order), f"{path}:{number}: {smiles!r}"]])
+
+
+def _encode_domain(item) -> Encoded:
+    order, name, molecules = item
+    vocab: set = set()
+    tokens = 0
+    for smiles in molecules:
+        pieces = split_smiles(smiles)
+        tokens += len(pieces)
+        vocab.update(pieces)
+    return Encoded([encode_sample(order, name, molecules, tokens, name, name)], {"domains": 1}, [], vocab)
+
+
+def _encode_line(item, fmt: str, min_domain_size: int) -> Encoded:
+    """`icst`: a line of '.'-joined molecules; `smiles`: one molecule."""
+    order, path, number, text = item
+    name = f"{Path(path).name}:{number}"
+    molecules, result = [], Encoded(counters={"molecules_read": 0, "invalid_smiles": 0})
+    for smiles in (text.split(".") if fmt == "icst" else [text]):
+        canonical, _ = _canonical(smiles)
+        result.counters["molecules_read"] += 1
+        if canonical is None:
+            result.counters["invalid_smiles"] += 1
+            result.examples.append([list(order), f"{path}:{number}: {smiles[:80]!r}"])
+        else:
+            molecules.append(canonical)
+    result.counters["domains_found"] = 1
+    if len(molecules) < (min_domain_size if fmt == "icst" else 1):
+        result.counters["molecules_in_small_domains"] = len(molecules)
+        return result
+    encoded = _encode_domain((order, name, molecules))
+    encoded.counters.update(result.counters)
+    encoded.examples = result.examples
+    return encoded
+
+
+def _scaffold_line(item):
+    """(order, path, line, smiles, canonical or None, domain) for the grouping stage."""
+    order, path, number, smiles, domain = item
+    canonical, mol = _canonical(smiles)
+    if canonical is not None and domain is None:
+        domain = _chem()[1].MurckoScaffoldSmiles(mol=mol) or ACYCLIC_DOMAIN
+    return order, path, number, smiles, canonical, domain
+
+
+# ------------------------------------------------------------------------------- main side
+def _line_items(ctx, inputs, max_molecules, bar):
+    for order, path, number, smiles, _ in _lines(inputs, max_molecules):
+        bar.update(1)
+        if ctx.owns(f"{Path(path).name}:{number}"):
+            yield order, path, number, smiles
+
+
+def _domain_items(ctx, inputs, max_molecules, min_domain_size, spill_dir: Path, bar):
+    """Molecules canonicalized in the pool, spilled to buckets by domain hash, then each bucket's
+    domains (ordered by first appearance) as samples."""
+    total = sum(Path(p).stat().st_size for p in inputs)
+    buckets = max(1, min(256, total // BUCKET_BYTES + 1))
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    spills = {b: open(spill_dir / f"{b}.jsonl", "w", encoding="utf-8") for b in range(buckets) if ctx.owns_bucket(b)}
+
+    def wanted(item):  # a known domain outside this part: skip RDKit for it
+        return item[4] is None or ctx.owns_bucket(zlib.crc32(item[4].encode()) % buckets)
+
+    lines = (item for item in _lines(inputs, max_molecules) if bar.update(1) or wanted(item))
+    for results in ctx.pool.map(_scaffold_line, batches(lines, lambda item: len(item[3]), max_items=512)):
+        for order, path, number, smiles, canonical, domain in results:
+            if canonical is None:
+                owner = (ctx.owns_bucket(zlib.crc32(domain.encode()) % buckets) if domain is not None
+                         else ctx.owns(str(order)))
+                if owner:
+                    ctx.writer.add(_invalid(order, path, number, smiles))
+                continue
+            spill = spills.get(zlib.crc32(domain.encode()) % buckets)
+            if spill is not None:
+                ctx.count_stat("molecules_read")
+                spill.write(json.dumps([order, domain, canonical]) + "\n")
+    for spill in spills.values():
+        spill.close()
+    for bucket in sorted(spills):
+        domains: dict[str, list] = {}
+        with open(spill_dir / f"{bucket}.jsonl", encoding="utf-8") as handle:
+            for text in handle:
+                order, domain, canonical = json.loads(text)
+                domains.setdefault(domain, [order, []])[1].append(canonical)
+        ctx.count_stat("domains_found", len(domains))
+        for first, domain, members in sorted((first, d, m) for d, (first, m) in domains.items()):
+            if len(members) < min_domain_size:
+                ctx.count_stat("molecules_in_small_domains", len(members))
+                continue
+            yield (bucket, *first), domain, members
+        (spill_dir / f"{bucket}.jsonl").unlink()
+    shutil.rmtree(spill_dir, ignore_errors=True)
+
+
 def build_molecules(inputs: list[str], out: str, min_domain_size: int = 2,
                     max_molecules: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                    shard_mb: float = 64.0, progress: bool = True) -> dict:
-    refuse_finished_build(out)
-    samples, stats = molecule_samples(inputs, min_domain_size, max_molecules, progress)
-    require_samples(samples, inputs, f"no domain has >= --min-domain-size={min_domain_size} valid "
-                    f"molecules ({stats['domains_found']} domains found); lower --min-domain-size")
-    tokenizer = SmilesTokenizer.from_corpus(s for sample in samples for s in sample.sequences)
-    for sample in samples:
-        sample.tokens = sum(len(tokenizer.encode(s)) for s in sample.sequences)
-    if stats["invalid_smiles"] and progress:
-        print(f"{stats['invalid_smiles']} invalid SMILES of {stats['molecules_read']} skipped and "
-              f"counted; first: {stats['invalid_examples'][0]}")
+                    shard_mb: float = 64.0, progress: bool = True, fmt: str = "auto", workers: int = 1,
+                    part: str | None = None) -> dict:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    require_files(inputs)
     args = {"inputs": [str(p) for p in inputs], "min_domain_size": min_domain_size,
             "max_molecules": max_molecules, "val_fraction": val_fraction, "seed": seed,
             "shard_mb": shard_mb}
-    return write_build(out, "molecules", samples, tokenizer, args, stats, val_fraction, seed,
-                       int(shard_mb * 2**20), progress)
+    if fmt != "auto":
+        args["format"] = fmt
+
+    def produce(ctx) -> dict:
+        for name in ("molecules_read", "invalid_smiles", "domains_found", "domains", "molecules_in_small_domains"):
+            ctx.count_stat(name, 0)
+        bar = ctx.progress(None, "reading SMILES", "line")
+        try:
+            if fmt == "auto":
+                items = _domain_items(ctx, inputs, max_molecules, min_domain_size, ctx.writer.folder / "buckets", bar)
+                ctx.encode(_encode_domain, batches(items, lambda item: sum(map(len, item[2]))))
+                grouping = "csv domain column" if any(_has_domain_column(p) for p in inputs) else "murcko scaffold"
+            else:
+                items = _line_items(ctx, inputs, max_molecules, bar)
+                ctx.encode(partial(_encode_line, fmt=fmt, min_domain_size=min_domain_size),
+                           batches(items, lambda item: len(item[3]), max_items=64 if fmt == "icst" else 512))
+                grouping = "one domain per line (icst)" if fmt == "icst" else "one molecule per sample"
+        finally:
+            bar.close()
+        if ctx.writer.counters["molecules_read"] and progress and ctx.writer.counters["invalid_smiles"]:
+            print(f"{ctx.writer.counters['invalid_smiles']} invalid SMILES of {ctx.writer.counters['molecules_read']} "
+                  f"skipped and counted; first: {ctx.writer.examples[0][1]}")
+        return {"tokenizer": None, "stats": {"min_domain_size": min_domain_size, "grouping": grouping,
+                                             "invalid_examples": []},
+                "empty_hint": f"no domain has >= --min-domain-size={min_domain_size} valid molecules; "
+                              "lower --min-domain-size, or check the file is SMILES (all invalid?)"}
+
+    return run_build(out, "molecules", produce, args, val_fraction, seed, shard_mb, part, workers, progress)

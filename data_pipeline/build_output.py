@@ -1,89 +1,34 @@
-"""From grouped samples to a finished build: group-level split, shard layout, manifest.
+"""From build parts to a finished build: group-level split, shard layout, manifest.
 
-Every builder produces `Sample`s (one per cluster / domain / DNA window) tagged with the
-group that decides its split; this module is the only place that writes a build, so all
-modalities share the same determinism, atomicity and no-overwrite guarantees. A build that
-fails while writing (disk full, no permission) removes every file and folder it created, so
-it leaves a finished build or nothing of its own; an interrupted one leaves finished shards
-but no manifest.
+Every builder streams its samples into one or more parts (`build_parts`); this module is the
+only place that turns parts into shards, so all modalities share the same determinism,
+atomicity and no-overwrite guarantees. The samples of all parts are read back merged in input
+order, so a build made of N parts (`--part I/N`, then `bioxlstm data merge`) has the same
+shards and manifest as one build, for any number of workers. Memory stays bounded: shards are
+written one at a time from the parts' files, and the split needs only the ranks of the
+validation groups.
+
+A build that fails while writing (disk full, no permission) removes every file and folder it
+created, so it leaves a finished build or nothing of its own; an interrupted one (Ctrl-C,
+killed) leaves no manifest, and its rerun keeps a finished part (checked by sha256).
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import heapq
+import shutil
 from pathlib import Path
+from typing import Callable
 
-from tqdm import tqdm
-
-from data_pipeline.errors import BuildWriteError, InputFormatError, OutputExistsError
+from data_pipeline.build_parallel import OrderedPool
+from data_pipeline.build_parts import (INVALID_EXAMPLES, Encoded, PartWriter, iter_index, parse_part, part_name,
+                                       read_part, require_part, stable_hash)
+from data_pipeline.build_progress import build_progress
+from data_pipeline.errors import BuildWriteError, ConfigError, InputFormatError, OutputExistsError
 from data_pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SPLITS, write_manifest
 from data_pipeline.shards import ShardWriter, sha256_file
 
-
-@dataclass
-class Sample:
-    """One training sample: the sequences of a cluster, a domain, or one DNA window."""
-
-    name: str
-    sequences: list[str]
-    tokens: int
-    split_group: str  # samples sharing this go to the same split (a cluster, domain, record)
-    layout_group: str = ""  # consecutive samples sharing this stay in one shard if possible
-
-
-def _group_rank(group: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest()
-
-
-def assign_splits(samples: list[Sample], val_fraction: float, seed: int) -> dict[str, list[Sample]]:
-    """Deterministic split by group: groups ordered by a seeded hash, the first
-    round(val_fraction * groups) (at least one when val_fraction > 0) go to validation."""
-    groups = sorted({s.split_group for s in samples}, key=lambda g: _group_rank(g, seed))
-    n_val = 0
-    if val_fraction > 0 and len(groups) > 1:
-        n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
-    val_groups = set(groups[:n_val])
-    splits = {"train": [], "validation": []}
-    for sample in samples:
-        splits["validation" if sample.split_group in val_groups else "train"].append(sample)
-    return splits
-
-
-def _layout(samples: list[Sample], shard_bytes: int) -> list[list[Sample]]:
-    """Consecutive samples into shards of about `shard_bytes` raw bytes; a layout group (a DNA
-    record) starts a new shard rather than straddle two when it fits in one."""
-    group_bytes: dict[str, int] = {}
-    for sample in samples:
-        group_bytes[sample.layout_group] = group_bytes.get(sample.layout_group, 0) + _raw_bytes(sample)
-    shards: list[list[Sample]] = []
-    current: list[Sample] = []
-    current_bytes = 0
-    previous_group = None
-    for sample in samples:
-        size = _raw_bytes(sample)
-        starts_group = sample.layout_group != previous_group
-        group_fits_alone = group_bytes[sample.layout_group] <= shard_bytes
-        if current and (current_bytes + size > shard_bytes
-                        or (starts_group and group_fits_alone
-                            and current_bytes + group_bytes[sample.layout_group] > shard_bytes)):
-            shards.append(current)
-            current, current_bytes = [], 0
-        current.append(sample)
-        current_bytes += size
-        previous_group = sample.layout_group
-    if current:
-        shards.append(current)
-    return shards
-
-
-def _raw_bytes(sample: Sample) -> int:
-    return sum(len(s) + 1 for s in sample.sequences)
-
-
-def require_samples(samples: list[Sample], inputs, hint: str) -> None:
-    """A build without samples would give a manifest every loader refuses: stop before writing."""
-    if not samples:
-        raise InputFormatError(f"{', '.join(map(str, inputs))}: nothing to build: {hint}")
+WORK_DIR = ".build"
+BUILD_SPLITS = SPLITS + ("test",)  # 'test' only from explicit split files (BED, cluster lists)
 
 
 def refuse_finished_build(out_dir: str | Path) -> None:
@@ -96,16 +41,6 @@ def refuse_finished_build(out_dir: str | Path) -> None:
                                 "choose another --out or delete it yourself")
 
 
-def prepare_out_dir(out_dir: str | Path) -> Path:
-    """Refuse to touch a finished build; clear only our own leftovers of an interrupted one."""
-    out = Path(out_dir)
-    refuse_finished_build(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for leftover in out.glob(".*.partial"):
-        leftover.unlink()
-    return out
-
-
 def _missing_dirs(out: Path) -> list[Path]:
     """`out` and the parents a build would create for it, deepest first."""
     missing = []
@@ -116,8 +51,11 @@ def _missing_dirs(out: Path) -> list[Path]:
 
 
 def _remove_own_files(files: list[Path], created_dirs: list[Path]) -> None:
-    """Undo a failed build: its shards, temporaries and manifest, then the folders it created."""
+    """Undo a failed build: its shards, temporaries, manifest and work folder, then the folders it created."""
     for path in files:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         path.unlink(missing_ok=True)
         path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
     for folder in created_dirs:
@@ -127,26 +65,65 @@ def _remove_own_files(files: list[Path], created_dirs: list[Path]) -> None:
             break  # not empty: someone else wrote there meanwhile; leave it and its parents
 
 
-def write_build(out_dir: str | Path, modality: str, samples: list[Sample], tokenizer,
-                build_args: dict, stats: dict, val_fraction: float, seed: int,
-                shard_bytes: int, progress: bool = True) -> dict:
-    """Split, write every shard atomically, then the manifest; returns the manifest.
+class BuildContext:
+    """What a builder's `produce` gets: the worker pool, which groups this part owns, and the
+    sink for encoded samples and main-side counters."""
 
-    An error removes what this call wrote (and the folders it created); an OSError while
-    writing becomes a BuildWriteError naming the output folder and the file being written."""
+    def __init__(self, writer: PartWriter, pool: OrderedPool, index: int, count: int, progress: bool):
+        self.writer = writer
+        self.pool = pool
+        self.index, self.count = index, count
+        self.show_progress = progress
+
+    def owns(self, key: str) -> bool:
+        return stable_hash(key) % self.count == self.index
+
+    def owns_bucket(self, bucket: int) -> bool:
+        return bucket % self.count == self.index
+
+    def count_stat(self, name: str, value: int = 1) -> None:
+        self.writer.counters[name] = self.writer.counters.get(name, 0) + value
+
+    def encode(self, fn: Callable, batch_iter) -> None:
+        """Run `fn(item) -> Encoded` over batches in the pool; store results in input order."""
+        for results in self.pool.map(fn, batch_iter):
+            for encoded in results:
+                self.writer.add(encoded)
+
+    def progress(self, total, desc: str, unit: str):
+        return build_progress(total, desc, unit, self.show_progress)
+
+
+def run_build(out_dir: str | Path, modality: str, produce: Callable[[BuildContext], dict], build_args: dict,
+              val_fraction: float, seed: int, shard_mb: float, part: str | None = None, workers: int = 1,
+              progress: bool = True) -> dict:
+    """Build one part (`part='I/N'`: into `out_dir/part-I-of-N`) or the whole build (manifest).
+
+    `produce(ctx)` streams the input into `ctx` and returns the part's fixed stats and tokenizer."""
+    index, count = parse_part(part)
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1")
     out = Path(out_dir)
     refuse_finished_build(out)
     created_dirs = _missing_dirs(out)
-    written: list[Path] = []
-    bar = tqdm(total=len(samples), desc=f"writing {modality} shards", unit="sample",
-               disable=not progress)
+    single = part is None
+    folder = out / WORK_DIR / part_name(0, 1) if single else out / part_name(index, count)
+    identity = {"modality": modality, "build_args": build_args, "part": index, "parts": count,
+                "val_fraction": val_fraction, "seed": seed, "shard_bytes": int(shard_mb * 2**20),
+                "input_stamps": _input_stamps(build_args)}
+    written: list[Path] = [out / WORK_DIR] if single else [folder]
     try:
-        prepare_out_dir(out)
-        manifest = _write_shards(out, modality, samples, tokenizer, build_args, stats, val_fraction,
-                                 seed, shard_bytes, bar, written)
-        written.append(out / MANIFEST_NAME)
-        write_manifest(out, manifest)
-    except Exception as err:  # an interrupt (Ctrl-C) keeps finished shards; a rerun completes them
+        info = read_part(folder)
+        if info is None or any(info.get(k) != v for k, v in identity.items()):
+            info = _produce_part(folder, produce, identity, seed, workers, progress)
+        elif progress:
+            print(f"{folder}: finished part kept (sha256 checked)")
+        if not single:
+            return info
+        manifest = _assemble(out, [folder], progress, written)
+        shutil.rmtree(out / WORK_DIR)
+        return manifest
+    except Exception as err:  # an interrupt (Ctrl-C, kill) keeps finished parts; a rerun completes the build
         _remove_own_files(written, created_dirs)
         if isinstance(err, OSError):
             reason = err.strerror or str(err)
@@ -155,42 +132,205 @@ def write_build(out_dir: str | Path, modality: str, samples: list[Sample], token
                                   "removed the files it had written; free disk space or choose "
                                   "another --out") from None
         raise
+
+
+def _input_stamps(build_args: dict) -> list:
+    """(path, size, mtime) of every input file named in the arguments: a finished part is reused
+    only if its inputs did not change since."""
+    stamps = []
+    for value in build_args.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and Path(item).exists():
+                stat = Path(item).stat()
+                stamps.append([item, stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
+def _produce_part(folder: Path, produce, identity: dict, seed: int, workers: int, progress: bool) -> dict:
+    writer = PartWriter(folder, seed)
+    try:
+        with OrderedPool(workers) as pool:
+            fixed = produce(BuildContext(writer, pool, identity["part"], identity["parts"], progress))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(dict(identity, **fixed))
+
+
+def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = True) -> dict:
+    """One manifest (and the shards) from the finished parts of a `--part I/N` build."""
+    out = Path(out_dir)
+    refuse_finished_build(out)
+    created_dirs = _missing_dirs(out)
+    written: list[Path] = []
+    try:
+        return _assemble(out, [Path(p) for p in parts], progress, written)
+    except Exception as err:
+        _remove_own_files(written, created_dirs)
+        if isinstance(err, OSError):
+            raise BuildWriteError(f"{out}: cannot write the build ({err.strerror or err}); removed the files "
+                                  "it had written; free disk space or choose another --out") from None
+        raise
+
+
+def _check_parts(parts: list[Path]) -> list[dict]:
+    if not parts:
+        raise ConfigError("data merge: give the part folders of one build")
+    infos = [require_part(p) for p in parts]
+    first = infos[0]
+    same = ("modality", "build_args", "parts", "val_fraction", "seed", "shard_bytes")
+    for path, info in zip(parts, infos):
+        for key in same:
+            if info.get(key) != first.get(key):
+                raise ConfigError(f"{path}: {key} differs from {parts[0]}; merge the parts of one build")
+    seen = sorted(info["part"] for info in infos)
+    if seen != list(range(first["parts"])):
+        count = first["parts"]
+        missing = ", ".join(f"{m}/{count}" for m in sorted(set(range(count)) - set(seen))) or "(duplicates)"
+        raise ConfigError(f"data merge: parts {missing} missing or given twice; build every --part I/{count} once")
+    return infos
+
+
+def _stats(infos: list[dict]) -> dict:
+    stats = dict(infos[0].get("stats", {}))
+    counters: dict = {}
+    for info in infos:
+        for key, value in info["counters"].items():
+            counters[key] = counters.get(key, 0) + value
+    stats.update(counters)
+    examples = sorted((e for info in infos for e in info["examples"]), key=lambda e: e[0])
+    if "invalid_examples" in stats or examples:
+        stats["invalid_examples"] = [text for _, text in examples[:INVALID_EXAMPLES]]
+    return stats
+
+
+def _tokenizer(infos: list[dict]) -> dict:
+    if infos[0].get("tokenizer") is not None:
+        return infos[0]["tokenizer"]
+    from data_pipeline.tokenizers import SmilesTokenizer
+
+    return SmilesTokenizer(sorted({t for info in infos for t in info["vocab"]})).to_dict()
+
+
+def _merged(parts: list[Path]):
+    """(entry, part position) of every sample of all parts, in input order."""
+    return heapq.merge(*(_tagged(part, position) for position, part in enumerate(parts)),
+                       key=lambda item: item[0][0])
+
+
+def _tagged(part: Path, position: int):
+    for entry in iter_index(part):
+        yield entry, position
+
+
+def _validation_threshold(parts: list[Path], infos: list[dict]) -> int:
+    """Groups ordered by their seeded hash; the first round(val_fraction * groups) (at least one
+    when val_fraction > 0) go to validation. Returns the largest validation rank (-1: none)."""
+    groups = sum(info["hashed_groups"] for info in infos)
+    val_fraction = infos[0]["val_fraction"]
+    n_val = 0
+    if val_fraction > 0 and groups > 1:
+        n_val = min(groups - 1, max(1, round(val_fraction * groups)))
+    if n_val == 0:
+        return -1
+    ranks = (entry[2] for part in parts for entry in iter_index(part) if entry[1] is None and entry[3])
+    return heapq.nsmallest(n_val, ranks)[-1]
+
+
+def _split_of(entry: list, threshold: int) -> str:
+    if entry[1] is not None:
+        return entry[1]
+    return "validation" if entry[2] <= threshold else "train"
+
+
+def _layout(entries, shard_bytes: int):
+    """Consecutive samples into shards of about `shard_bytes` raw bytes; a layout group (a DNA
+    record) starts a new shard rather than straddle two when it fits in one. Streams: holds
+    one layout group's index entries at a time."""
+    current: list = []
+    current_bytes = 0
+    for run in _runs(entries):
+        run_bytes = sum(e[0][5] for e in run)
+        for position, item in enumerate(run):
+            size = item[0][5]
+            if current and (current_bytes + size > shard_bytes
+                            or (position == 0 and run_bytes <= shard_bytes
+                                and current_bytes + run_bytes > shard_bytes)):
+                yield current
+                current, current_bytes = [], 0
+            current.append(item)
+            current_bytes += size
+    if current:
+        yield current
+
+
+def _runs(entries):
+    run, layout = [], None
+    for item in entries:
+        if run and item[0][4] != layout:
+            yield run
+            run = []
+        layout = item[0][4]
+        run.append(item)
+    if run:
+        yield run
+
+
+def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path]) -> dict:
+    """Split, write every shard atomically, then the manifest; `written` grows before each file is opened."""
+    infos = _check_parts(parts)
+    first = infos[0]
+    if sum(info["samples"] for info in infos) == 0:
+        raise InputFormatError(f"{', '.join(map(str, first['build_args'].get('inputs', [])))}: nothing to "
+                               f"build: {first.get('empty_hint', 'no samples')}")
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".*.partial"):
+        leftover.unlink()
+    threshold = _validation_threshold(parts, infos)
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "modality": first["modality"],
+        "tokenizer": _tokenizer(infos), "build_args": first["build_args"], "stats": _stats(infos),
+        "seed": first["seed"], "val_fraction": first["val_fraction"], "splits": {},
+    }
+    explicit = {s for info in infos for s in info.get("explicit_splits", [])}
+    payloads = [open(part / "payload.bin", "rb") for part in parts]
+    bar = build_progress(sum(info["samples"] for info in infos), f"writing {first['modality']} shards",
+                         "sample", progress)
+    try:
+        for split in BUILD_SPLITS:
+            if split == "test" and split not in explicit:
+                continue
+            entries = (item for item in _merged(parts) if _split_of(item[0], threshold) == split)
+            manifest["splits"][split] = _write_split(out, split, _layout(entries, first["shard_bytes"]),
+                                                     payloads, bar, written)
+        written.append(out / MANIFEST_NAME)
+        write_manifest(out, manifest)
     finally:
         bar.close()
+        for handle in payloads:
+            handle.close()
     return manifest
 
 
-def _write_shards(out: Path, modality: str, samples: list[Sample], tokenizer, build_args: dict,
-                  stats: dict, val_fraction: float, seed: int, shard_bytes: int, bar,
-                  written: list[Path]) -> dict:
-    """Every shard of both splits; `written` grows before each file is opened (for cleanup)."""
-    splits = assign_splits(samples, val_fraction, seed)
-    manifest = {
-        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "modality": modality,
-        "tokenizer": tokenizer.to_dict(), "build_args": build_args, "stats": stats,
-        "seed": seed, "val_fraction": val_fraction, "splits": {},
-    }
-    for split in SPLITS:
-        shard_entries = []
-        for shard_index, shard_samples in enumerate(_layout(splits[split], shard_bytes)):
-            name = f"{split}-{shard_index:05d}.tar"
-            written.append(out / name)
-            with ShardWriter(out / name) as writer:
-                for sample_index, sample in enumerate(shard_samples):
-                    key = f"{split}-{shard_index:05d}-{sample_index:06d}"
-                    writer.write(key, sample.sequences, {
-                        "name": sample.name, "group": sample.split_group,
-                        "sequences": len(sample.sequences), "tokens": sample.tokens})
-                    bar.update(1)
-            shard_entries.append({
-                "name": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
-                "samples": len(shard_samples), "tokens": sum(s.tokens for s in shard_samples),
-                "sample_tokens": [s.tokens for s in shard_samples],
-            })
-        manifest["splits"][split] = {
-            "shards": shard_entries,
-            "samples": sum(e["samples"] for e in shard_entries),
-            "tokens": sum(e["tokens"] for e in shard_entries),
-            "groups": len({s.split_group for s in splits[split]}),
-        }
-    return manifest
+def _write_split(out: Path, split: str, shards, payloads, bar, written: list[Path]) -> dict:
+    shard_entries = []
+    groups = 0
+    for shard_index, shard in enumerate(shards):
+        name = f"{split}-{shard_index:05d}.tar"
+        written.append(out / name)
+        with ShardWriter(out / name) as writer:
+            for sample_index, (entry, position) in enumerate(shard):
+                payload = payloads[position]
+                payload.seek(entry[7])
+                seq_zst = payload.read(entry[8])
+                meta_zst = payload.read(entry[9])
+                writer.write(f"{split}-{shard_index:05d}-{sample_index:06d}", seq_zst, meta_zst)
+                groups += entry[3]
+                bar.update(1)
+        shard_entries.append({
+            "name": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
+            "samples": len(shard), "tokens": sum(e[6] for e, _ in shard),
+            "sample_tokens": [e[6] for e, _ in shard],
+        })
+    return {"shards": shard_entries, "samples": sum(e["samples"] for e in shard_entries),
+            "tokens": sum(e["tokens"] for e in shard_entries), "groups": groups}

@@ -178,3 +178,191 @@ def accession_keys(name: str) -> list[str]:
     if len(parts) >= 2 and parts[1]:
         keys.append(parts[1])
     return keys
+
+
+@dataclass
+class StreamedRecord:
+    """A FASTA record read piece by piece: iterate `chunks` (at most about `chunk_chars` bases
+    each, whitespace removed) before asking the stream for the next record."""
+
+    name: str
+    source: str
+    line: int
+    chunks: Iterator[str]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} record {self.name!r} (line {self.line})"
+
+
+def stream_fasta(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[StreamedRecord]:
+    """Multi-record FASTA without holding a record in memory (a chromosome is 250 Mbp); the
+    same errors as `read_fasta`. Reads blocks of whole lines (no per-line Python loop); a
+    record's unread chunks are skipped when the next record is asked for."""
+    source, path = str(path), Path(path)
+    with open_text(path) as handle:
+        events = _fasta_events(handle, chunk_chars)
+        header = None
+        for kind, number, text in events:
+            if kind == "header":
+                header = (number, text)
+                break
+            if text.strip():
+                blank = len(text) - len(text.lstrip())
+                raise InputFormatError(f"{source} line {number + text.count(chr(10), 0, blank)}: sequence "
+                                       "before the first '>' header; this is not FASTA")
+        if header is None:
+            raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+        while header is not None:
+            number, text = header
+            name = text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""
+            if not name:
+                raise InputFormatError(f"{source} line {number}: header without a name; "
+                                       "write '>name' before each sequence")
+            following: list = []
+            chunks = _record_chunks(events, following, path, name, number)
+            yield StreamedRecord(name, source, number, chunks)
+            for _ in chunks:  # the caller skipped (part of) the record
+                pass
+            header = following[0] if following else None
+
+
+_WHITESPACE = " \t\r\v\f"
+
+
+def _fasta_events(handle, chunk_chars: int):
+    """('header', line, text) and ('seq', first line, text with newlines) from blocks of whole lines."""
+    number = 1
+    while True:
+        block = handle.read(chunk_chars)
+        if not block:
+            return
+        if not block.endswith("\n"):
+            block += handle.readline()
+        pos = 0
+        while pos < len(block):
+            if block.startswith(">", pos):
+                end = block.find("\n", pos)
+                end = len(block) if end < 0 else end
+                yield "header", number, block[pos:end]
+                number += 1
+                pos = end + 1
+                continue
+            following = block.find("\n>", pos)
+            stop = len(block) if following < 0 else following + 1
+            text = block[pos:stop]
+            yield "seq", number, text
+            number += text.count("\n")
+            pos = stop
+
+
+def _record_chunks(events, following: list, path: Path, name: str, start: int):
+    source = str(path)
+    with _input_errors(path):  # read here, outside stream_fasta's own `with`
+        total = 0
+        for kind, number, text in events:
+            if kind == "header":
+                following.append((number, text))
+                break
+            piece = text.replace("\n", "")
+            if any(c in piece for c in _WHITESPACE):
+                piece = "".join(piece.split())
+            if piece:
+                total += len(piece)
+                yield piece
+        if total == 0:
+            raise InputFormatError(f"{source} line {start}: record {name!r} has no sequence; "
+                                   "remove the empty record")
+
+
+def fasta_records(path: str | Path, block_chars: int = 1 << 22) -> Iterator[tuple[str, str, int]]:
+    """(name, sequence, header line) of every record, for files of many short records (proteins):
+    whole blocks are split at line-initial '>' with str methods, a few microseconds per record
+    instead of a Python loop per line. The same errors as `read_fasta` (no alignment handling)."""
+    source = str(path)
+    with open_text(path) as handle:
+        pending, line, seen = None, 1, False
+        while True:
+            block = handle.read(block_chars)
+            if block and not block.endswith("\n"):
+                block += handle.readline()
+            if pending is None:  # before the first header: only blank lines allowed
+                text = block
+                while text and not text.startswith(">"):
+                    head, newline, text = text.partition("\n")
+                    if head.strip():
+                        raise InputFormatError(f"{source} line {line}: sequence before the first '>' "
+                                               "header; this is not FASTA")
+                    line += bool(newline)
+                if not text:
+                    if not block:
+                        break
+                    continue
+                pending = ""
+                block = text
+            chunks = (pending + block).split("\n>")
+            pending = chunks.pop() if block else None
+            for chunk in chunks:
+                seen = True
+                yield _fasta_record(chunk, source, line)
+                line += chunk.count("\n") + 1
+            if not block:
+                break
+    if not seen:
+        raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+
+
+def _fasta_record(chunk: str, source: str, line: int) -> tuple[str, str, int]:
+    header, _, body = chunk.partition("\n")
+    header = header[1:] if header.startswith(">") else header
+    name = header.split(maxsplit=1)[0] if header.strip() else ""
+    if not name:
+        raise InputFormatError(f"{source} line {line}: header without a name; write '>name' before each sequence")
+    sequence = body.replace("\n", "")
+    if any(c in sequence for c in _WHITESPACE):
+        sequence = "".join(sequence.split())
+    if not sequence:
+        raise InputFormatError(f"{source} line {line}: record {name!r} has no sequence; remove the empty record")
+    return name, sequence, line
+
+
+BED_SPLITS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class BedInterval:
+    chrom: str
+    start: int
+    end: int
+    split: str  # train / validation / test
+    line: int
+
+
+def read_bed(path: str | Path) -> dict[str, list[BedInterval]]:
+    """`chrom<TAB>start<TAB>end<TAB>split` lines (0-based, end exclusive; split train / valid /
+    test, the DNA-xLSTM and Caduceus human-sequences.bed layout) -> intervals per chromosome,
+    sorted by (start, end). Small: one entry per interval, not per base."""
+    intervals: dict[str, list[BedInterval]] = {}
+    for number, line in _lines(path):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise InputFormatError(f"{path} line {number}: {len(fields)} tab-separated columns, expected 4 "
+                                   "(chrom, start, end, split)")
+        chrom, start, end, split = (f.strip() for f in fields)
+        if split not in BED_SPLITS:
+            raise InputFormatError(f"{path} line {number}: split {split!r} is not one of train, valid, test")
+        try:
+            start_i, end_i = int(start), int(end)
+        except ValueError:
+            raise InputFormatError(f"{path} line {number}: start/end {start!r}, {end!r} are not integers") from None
+        if not chrom or start_i < 0 or end_i <= start_i:
+            raise InputFormatError(f"{path} line {number}: interval {chrom}:{start}-{end} is empty or "
+                                   "negative; need 0 <= start < end")
+        intervals.setdefault(chrom, []).append(BedInterval(chrom, start_i, end_i, BED_SPLITS[split], number))
+    if not intervals:
+        raise InputFormatError(f"{path}: no intervals; expected 'chrom<TAB>start<TAB>end<TAB>split' lines")
+    for chrom_intervals in intervals.values():
+        chrom_intervals.sort(key=lambda i: (i.start, i.end, i.line))
+    return intervals

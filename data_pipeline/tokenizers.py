@@ -80,9 +80,24 @@ class _CharTokenizer(_VocabTokenizer):
         # Checked on the input, not on the translated ids: a control or punctuation character
         # whose code point happens to be < vocab_size must not pass as a special-token id.
         self._unknown = re.compile(f"[^{re.escape(''.join(sorted(self.char_ids())))}]")
+        self._normal = {ord(char): self.vocab[index] for char, index in self.char_ids().items()}
+        self._drop_known = {ord(char): None for char in self.char_ids()}
 
     def char_ids(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def normalize(self, sequence: str, unknown: str | None = None, where: str | None = None) -> str:
+        """`decode(encode_bytes(sequence))` in one str.translate: upper case, codes mapped to their
+        token (IUPAC -> N), unknown symbols refused or replaced; what builders store."""
+        policy = unknown or self.unknown
+        _check_policy(policy)
+        # deleting the known symbols (one C pass) is much faster than the regex on clean input
+        bad = self._unknown.search(sequence) if sequence.translate(self._drop_known) else None
+        if bad is not None:
+            if policy == "error":
+                raise self._unknown_error(sequence[bad.start()], bad.start(), where)
+            sequence = self._unknown.sub(self.wildcard, sequence)
+        return sequence.translate(self._normal)
 
     def encode_bytes(self, sequence: str, unknown: str | None = None, where: str | None = None) -> bytes:
         """Ids as one byte each (all char vocabularies are < 256): the fast path for builders."""

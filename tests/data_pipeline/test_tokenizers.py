@@ -125,3 +125,22 @@ def test_smiles_official_vocabulary_keeps_its_order_and_segmentation(tmp_path):
     with pytest.raises(ConfigError, match="\\[PAD\\] at id 0"):
         SmilesTokenizer.from_vocab(["[BEG]", "[PAD]", "[END]"])
     assert "segmentation" not in SmilesTokenizer.from_corpus(["CCO"]).to_dict()   # former files unchanged
+
+
+@pytest.mark.parametrize("tokenizer,alphabet", [(DNATokenizer, "ACGTNacgtnRYSWKMBDHVUryk"),
+                                                (ProteinTokenizer, "ACDEFGHIKLMNPQRSTVWYXBZUOacdxy")])
+def test_normalize_is_decode_of_encode_with_the_same_errors(tokenizer, alphabet):
+    """The builders' one-pass normalize must equal decode(encode_bytes()) on fresh random input,
+    and refuse (or replace) the first unknown symbol at the same position."""
+    rng = random.Random()
+    tok = tokenizer()
+    for _ in range(20):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3000)))
+        assert tok.normalize(text) == tok.decode(tok.encode_bytes(text))
+        bad = text[:rng.randint(0, len(text))] + rng.choice("!# é") + text
+        with pytest.raises(UnknownSymbolError) as ours:
+            tok.normalize(bad, where="f.fa record 'x'")
+        with pytest.raises(UnknownSymbolError) as reference:
+            tok.encode_bytes(bad, where="f.fa record 'x'")
+        assert str(ours.value) == str(reference.value)
+        assert tok.normalize(bad, "replace") == tok.decode(tok.encode_bytes(bad, "replace"))

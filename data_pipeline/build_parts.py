@@ -1,0 +1,173 @@
+"""A build part: the encoded samples of one share of the input, spilled to disk.
+
+Builders stream samples (in a fixed input order) through worker processes that normalize,
+count and zstd-compress them; a `PartWriter` appends the compressed members to `payload.bin`
+and one JSON line per sample to `index.jsonl`, then writes `part.json` (counts, stats and the
+sha256 of both files) last. A part folder without a valid `part.json` is unfinished and is
+redone; a finished one is kept and reused. `--part I/N` owns the groups whose stable hash is
+I mod N, so the parts of a build are disjoint and their merge is the whole build.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from data_pipeline.errors import ConfigError, ManifestError
+from data_pipeline.shards import ZSTD_LEVEL, sha256_file
+
+PART_FORMAT = "bioxlstm-build-part"
+PART_FILE = "part.json"
+INDEX_FILE = "index.jsonl"
+PAYLOAD_FILE = "payload.bin"
+INVALID_EXAMPLES = 20
+
+_compressor = None
+
+
+def stable_hash(text: str) -> int:
+    """64-bit hash that is the same in every process and run (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def group_rank(group: str, seed: int) -> int:
+    """The split rank of a group: the first 64 bits of the sha256 the split always used."""
+    return int(hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest()[:16], 16)
+
+
+def parse_part(text: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N); None -> the whole build (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"--part {text!r}: write I/N, e.g. 0/8 for the first of 8 parts") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--part {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def part_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}"
+
+
+@dataclass
+class Encoded:
+    """What a worker returns for one input item: its samples (maybe none) and counters."""
+
+    samples: list = field(default_factory=list)  # EncodedSample tuples, see encode_sample
+    counters: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)  # [order, text] of invalid input, first few
+    vocab: set = field(default_factory=set)
+
+
+def encode_sample(order: tuple, name: str, sequences: list[str], tokens: int, split_group: str,
+                  layout_group: str, split: str | None = None) -> tuple:
+    """Compress one sample's members exactly as the shard holds them (worker side)."""
+    global _compressor
+    if _compressor is None:
+        _compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+    text = "\n".join(sequences).encode("ascii")
+    meta = json.dumps({"name": name, "group": split_group, "sequences": len(sequences), "tokens": tokens},
+                      sort_keys=True, separators=(",", ":")).encode()
+    raw_bytes = sum(len(s) + 1 for s in sequences)
+    return (list(order), split, split_group, layout_group, raw_bytes, tokens,
+            _compressor.compress(text), _compressor.compress(meta))
+
+
+class PartWriter:
+    """Appends encoded samples of one part; `finish()` writes part.json, the finished mark."""
+
+    def __init__(self, folder: Path, seed: int):
+        self.folder = folder
+        self.seed = seed
+        if folder.exists():
+            shutil.rmtree(folder)  # unfinished leftovers of an interrupted run
+        folder.mkdir(parents=True)
+        self._payload = open(folder / PAYLOAD_FILE, "wb")
+        self._index = open(folder / INDEX_FILE, "w", encoding="utf-8")
+        self.offset = 0
+        self.samples = 0
+        self.groups = 0
+        self.hashed_groups = 0  # groups split by hash (not by an explicit split file)
+        self.counters: dict = {}
+        self.examples: list = []
+        self.vocab: set = set()
+        self._previous_group = None
+        self._previous_order = None
+
+    def add(self, encoded: Encoded) -> None:
+        for key, value in encoded.counters.items():
+            self.counters[key] = self.counters.get(key, 0) + value
+        self.examples.extend(encoded.examples)
+        del self.examples[INVALID_EXAMPLES:]
+        self.vocab |= encoded.vocab
+        for order, split, group, layout, raw_bytes, tokens, seq_zst, meta_zst in encoded.samples:
+            if self._previous_order is not None and order <= self._previous_order:
+                raise AssertionError(f"samples out of order: {order} after {self._previous_order}")
+            self._previous_order = order
+            new_group = group != self._previous_group
+            self._previous_group = group
+            self.groups += new_group
+            self.hashed_groups += new_group and split is None
+            self._payload.write(seq_zst)
+            self._payload.write(meta_zst)
+            self._index.write(json.dumps([order, split, group_rank(group, self.seed) if split is None else 0,
+                                          int(new_group), stable_hash(layout), raw_bytes, tokens,
+                                          self.offset, len(seq_zst), len(meta_zst)]) + "\n")
+            self.offset += len(seq_zst) + len(meta_zst)
+            self.samples += 1
+
+    def finish(self, info: dict) -> dict:
+        for handle in (self._payload, self._index):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        part = dict(info, format=PART_FORMAT, samples=self.samples, groups=self.groups,
+                    hashed_groups=self.hashed_groups,
+                    counters=self.counters, examples=self.examples, vocab=sorted(self.vocab),
+                    files={name: sha256_file(self.folder / name) for name in (PAYLOAD_FILE, INDEX_FILE)})
+        temp = self.folder / f".{PART_FILE}.partial"
+        temp.write_text(json.dumps(part, indent=1, sort_keys=True) + "\n")
+        os.replace(temp, self.folder / PART_FILE)
+        return part
+
+    def abort(self) -> None:
+        for handle in (self._payload, self._index):
+            handle.close()
+
+
+def read_part(folder: Path, check_files: bool = True) -> dict | None:
+    """The part.json of a finished part whose files match their sha256, else None."""
+    try:
+        part = json.loads((folder / PART_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(part, dict) or part.get("format") != PART_FORMAT:
+        return None
+    if check_files:
+        for name, digest in part.get("files", {}).items():
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+                return None
+    return part
+
+
+def require_part(folder: Path) -> dict:
+    part = read_part(Path(folder))
+    if part is None:
+        raise ManifestError(f"{folder}: not a finished build part (no valid {PART_FILE}, or its files "
+                            "changed); rerun its `bioxlstm data build ... --part I/N`")
+    return part
+
+
+def iter_index(folder: Path):
+    """(order, split, rank, new_group, layout, raw_bytes, tokens, offset, seq_len, meta_len) per sample."""
+    with open(folder / INDEX_FILE, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
