@@ -17,6 +17,7 @@ SUITE_HELP = """suites (several may be given; `auto` = every suite of the model'
                        domain. --data: ICST lines, smiles,domain CSV or a molecules build
   dna-lm               CLM / MLM loss, perplexity and accuracy, RC consistency, post-hoc
                        conjoined score. --data: a DNA build (validation split) or a FASTA
+                       (with --option bed=FILE: its intervals of split bed_split, default test)
 
 --quick uses the small sizes (what training and the demo run); --option NAME=VALUE sets one
 suite size (e.g. num_samples=512, max_families=50, ks=[0,1,8]).

@@ -1,6 +1,7 @@
 """dna-lm: held-out DNA windows scored as the DNA-xLSTM paper reports its pretraining.
 
-Windows: every stored window of a DNA build's validation split (or every record of a FASTA),
+Windows: every stored window of a DNA build's validation split (or every record of a FASTA, or
+with option `bed` the FASTA's intervals of the BED split `bed_split`, default test),
 tiled from its start into non-overlapping windows of the context length (CLM: context + 1 bases,
 the last one only a target); a shorter tail is dropped, so every figure is over full windows of
 real bases and no padding is ever scored. Figures:
@@ -30,16 +31,39 @@ MASK_PROBABILITY = 0.15
 WINDOWS_PER_UNIT = 16
 
 
-def dna_records(path, suite: str) -> list:
-    """(name, sequence) of the held-out DNA: a build's validation windows or a FASTA's records."""
+def dna_records(path, suite: str, bed=None, bed_split: str = "test"):
+    """(name, sequence) of the held-out DNA: a build's validation windows, a FASTA's records, or
+    with `bed` (chrom, start, end, split lines: the DNA-xLSTM / Caduceus layout) the FASTA's
+    intervals of `bed_split` ("train", "validation" or "test"), in BED order per chromosome."""
     root = require_data(path, suite, "a DNA shard build (its validation split) or a FASTA file")
     if is_shard_build(root):
-        return [(key, sequences[0]) for key, sequences in shard_samples(root, "validation", "dna")]
+        yield from ((key, sequences[0]) for key, sequences in shard_samples(root, "validation", "dna"))
+        return
     if root.is_dir():
         raise EvaluationError(f"{root}: a folder without manifest.json; pass a DNA shard build or a FASTA file")
-    from data_pipeline.readers import read_fasta
+    from data_pipeline.readers import read_bed, read_fasta
 
-    return [(record.name, record.sequence) for record in read_fasta(root)]
+    if bed is None:
+        yield from ((record.name, record.sequence) for record in read_fasta(root))
+        return
+    wanted = {chrom: [i for i in intervals if i.split == bed_split] for chrom, intervals in read_bed(bed).items()}
+    wanted = {chrom: intervals for chrom, intervals in wanted.items() if intervals}
+    if not wanted:
+        raise EvaluationError(f"{bed}: no interval of split {bed_split!r}; choose option bed_split "
+                              "train, validation or test")
+    found = set()
+    for record in read_fasta(root):           # one chromosome in memory at a time
+        for interval in wanted.get(record.name, []):
+            if interval.end > len(record.sequence):
+                raise EvaluationError(f"{bed} line {interval.line}: interval {record.name}:{interval.start}-"
+                                      f"{interval.end} runs past the end of {record.name} "
+                                      f"({len(record.sequence)} bases in {root})")
+            yield f"{record.name}:{interval.start}-{interval.end}", record.sequence[interval.start:interval.end]
+        found.add(record.name)
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise EvaluationError(f"{bed}: chromosome {missing[0]!r} is not in {root}; pass the genome the BED "
+                              "was made for")
 
 
 def tile_windows(sequence: str, length: int) -> list:
@@ -55,14 +79,15 @@ class DNALMSuite(Suite):
 
     def _sizes(self) -> dict:
         return {"context_len": self.request.context_len or self.option("context_len", 1024, 1024),
-                "max_windows": self.option("max_windows", 32, 2048)}
+                "max_windows": self.option("max_windows", 32, 2048),
+                "bed": self.option("bed", None, None), "bed_split": self.option("bed_split", "test", "test")}
 
     def plan(self, model) -> list:
         self.check_model(model)
         sizes = self._sizes()
         need = sizes["context_len"] + (1 if model.is_causal else 0)
         windows = []
-        for name, sequence in dna_records(self.request.data, self.name):
+        for name, sequence in dna_records(self.request.data, self.name, sizes["bed"], sizes["bed_split"]):
             for window in tile_windows(sequence, need)[:sizes["max_windows"] - len(windows)]:
                 windows.append(model.tokenizer.encode(window, where=f"{self.request.data} record {name}"))
             if len(windows) >= sizes["max_windows"]:

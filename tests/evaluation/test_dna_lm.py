@@ -94,3 +94,34 @@ def test_no_window_long_enough_is_one_clear_error(tmp_path):
     write_fasta(tmp_path / "g.fa", [20])
     with pytest.raises(EvaluationError, match="no held-out sequence is 33 bases long"):
         DNALMSuite(EvalRequest(data=str(tmp_path / "g.fa"), context_len=32)).plan(tiny_bioxlstm("dna"))
+
+
+def test_a_bed_split_selects_the_held_out_intervals(tmp_path):
+    records = write_fasta(tmp_path / "g.fa", [120, 90], seed=7)
+    (tmp_path / "split.bed").write_text("r0\t0\t40\ttrain\nr0\t50\t84\ttest\nr1\t10\t60\tvalid\nr1\t40\t74\ttest\n")
+    model = tiny_bioxlstm("dna", seed=8)
+    request = EvalRequest(data=str(tmp_path / "g.fa"), context_len=16, options={"bed": str(tmp_path / "split.bed")})
+    summary = run(DNALMSuite(request), model)
+    losses = []
+    for sequence in (records[0][50:84], records[1][40:74]):        # the test intervals, 34 bases: 2 windows each
+        for start in (0, 17):
+            ids = model.tokenizer.encode(sequence[start:start + 17])
+            log_probs = torch.log_softmax(model.model(torch.tensor([ids[:-1]]))[0].detach().double(), -1)
+            losses += [-float(log_probs[t, ids[t + 1]]) for t in range(16)]
+    assert summary.figures["loss"].n == len(losses) == 64
+    assert summary.figures["loss"].value == pytest.approx(sum(losses) / len(losses), rel=1e-10)
+
+
+@pytest.mark.parametrize("bed, message", [
+    ("r0\t0\t500\ttest\n", "line 1: interval r0:0-500 runs past the end of r0"),
+    ("chrX\t0\t40\ttest\n", "chromosome 'chrX' is not in"),
+    ("r0\t0\t40\ttrain\n", "no interval of split 'test'"),
+    ("r0\t0\t40\n", "line 1: 3 tab-separated columns, expected 4"),
+])
+def test_a_bad_bed_is_one_clear_error(bed, message, tmp_path):
+    write_fasta(tmp_path / "g.fa", [120])
+    (tmp_path / "split.bed").write_text(bed)
+    request = EvalRequest(data=str(tmp_path / "g.fa"), context_len=16, options={"bed": str(tmp_path / "split.bed")})
+    with pytest.raises(Exception, match=message) as caught:
+        DNALMSuite(request).plan(tiny_bioxlstm("dna"))
+    assert getattr(caught.value, "user_facing", False)
