@@ -18,25 +18,27 @@ import triton
 
 # Sequence tile; tests lower it (and MAX_HEAD_TILE) to run several tiles per chunk on small inputs.
 SEQ_TILE = 64
-MAX_HEAD_TILE = 256
+MAX_HEAD_TILE = 512
 MIN_DOT_TILE = 16              # tl.dot needs every dimension >= 16 on the GPU
 
 
 class KernelSettings(NamedTuple):
-    """Head tiles over Dqk (BK) and Dv (BV), and the GPU launch settings of one kernel."""
+    """Head tiles over Dqk (BK) and Dv (BV), the GPU launch settings of one kernel, and (dkv only)
+    the head tile BR its score products are reduced over."""
 
     BK: int
     BV: int
     num_warps: int
     num_stages: int
+    BR: int = 0
 
 
 KERNEL_SETTINGS = {
     "states": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
-    "outputs": KernelSettings(BK=64, BV=128, num_warps=8, num_stages=2),
-    "dq": KernelSettings(BK=128, BV=32, num_warps=8, num_stages=2),
+    "outputs": KernelSettings(BK=32, BV=512, num_warps=8, num_stages=2),
+    "dq": KernelSettings(BK=256, BV=32, num_warps=8, num_stages=2),
     "state_grads": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
-    "dkv": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
+    "dkv": KernelSettings(BK=256, BV=256, num_warps=8, num_stages=2, BR=32),
 }
 
 
@@ -48,7 +50,7 @@ def head_tile(dim: int, largest: int) -> int:
 def kernel_settings(kernel: str, Dqk: int, Dv: int) -> KernelSettings:
     """Settings of `kernel` for head dims (Dqk, Dv): the table's tiles shrunk to the dims."""
     base = KERNEL_SETTINGS[kernel]
-    return base._replace(BK=head_tile(Dqk, base.BK), BV=head_tile(Dv, base.BV))
+    return base._replace(BK=head_tile(Dqk, base.BK), BV=head_tile(Dv, base.BV), BR=head_tile(min(Dqk, Dv), base.BR))
 
 
 def seq_tile(chunk_size: int) -> int:
