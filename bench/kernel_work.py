@@ -30,7 +30,7 @@ Without it the TFLA columns read "not installed". Also per row:
 
     python bench/kernel_work.py                                   # head dims 512, 256, 128, 64
     python bench/kernel_work.py --head-dims 512 --chunks auto,256,512 --context 4096 --per-kernel
-    python bench/kernel_work.py --head-dims 512,256 --context 2L --json work.json   # CI gate size
+    python bench/kernel_work.py --head-dims 512,256 --context 1L --skip-products     # the CI gate's counts
 
 `work_per_token` is also what kernels/mlstm/chunking.py's table of the `auto` chunk was derived
 from (`python bench/kernel_work.py --derive-auto`).
@@ -82,9 +82,11 @@ class Work:
 
 
 @contextlib.contextmanager
-def count_kernel_work(sink: dict):
+def count_kernel_work(sink: dict, multiply=True):
     """While active, every interpreted Triton launch adds its tensor arguments' bytes (each once)
-    and the 2 M N K of every tl.dot it executes to sink[kernel name] = [flops, bytes]."""
+    and the 2 M N K of every tl.dot it executes to sink[kernel name] = [flops, bytes].
+    multiply=False skips the products (each dot returns its accumulator): no loop bound or branch
+    of the kernels depends on values, so the counts are the same, faster (the CI gate)."""
     import torch
     from triton.runtime import interpreter
 
@@ -99,6 +101,8 @@ def count_kernel_work(sink: dict):
         for dim in batch:
             count *= dim
         sink.setdefault(running[-1] if running else "?", [0, 0])[0] += count
+        if not multiply:
+            return interpreter.TensorHandle(d.data.copy(), d.dtype.scalar)
         return original_dot(self, a, b, d, *args, **kwargs)
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -138,26 +142,27 @@ def _inputs(S, Dqk, Dv, dtype, seed=0):
     return q, k, v, i, f
 
 
-def measure(call, S, Dqk, Dv, dtype="bfloat16") -> Work:
+def measure(call, S, Dqk, Dv, dtype="bfloat16", multiply=True) -> Work:
     """Counts of call(q, k, v, i, f) -> h and its backward, per token. The FLOPs do not depend on
     `dtype` (fp32 interprets faster: the CI gate); the bytes are those of that dtype."""
     import torch
 
     q, k, v, i, f = _inputs(S, Dqk, Dv, getattr(torch, dtype))
     work = Work(tokens=S)
-    with count_kernel_work(work.forward):
+    with count_kernel_work(work.forward, multiply):
         h = call(q, k, v, i, f)
     dh = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)).to(h.dtype)
-    with count_kernel_work(work.backward):
+    with count_kernel_work(work.backward, multiply):
         h.backward(dh)
     return work
 
 
-def project_work(S, Dqk, Dv, chunk_size, dtype="bfloat16") -> Work:
+def project_work(S, Dqk, Dv, chunk_size, dtype="bfloat16", multiply=True) -> Work:
     import kernels
 
     return measure(lambda q, k, v, i, f: kernels.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size,
-                                                                   backend="triton", segments=1), S, Dqk, Dv, dtype)
+                                                                   backend="triton", segments=1),
+                   S, Dqk, Dv, dtype, multiply)
 
 
 def tfla_available(path=None) -> bool:
@@ -172,12 +177,13 @@ def tfla_available(path=None) -> bool:
     return True
 
 
-def tfla_work(S, Dqk, Dv, chunk_size=TFLA_CHUNK) -> Work:
+def tfla_work(S, Dqk, Dv, chunk_size=TFLA_CHUNK, dtype="bfloat16", multiply=True) -> Work:
     import torch
     from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
 
     return measure(lambda q, k, v, i, f: mlstm_chunkwise__xl_chunk(
-        q, k, v, i, f, chunk_size=chunk_size, autocast_kernel_dtype=torch.bfloat16), S, Dqk, Dv)
+        q, k, v, i, f, chunk_size=chunk_size, autocast_kernel_dtype=getattr(torch, dtype)), S, Dqk, Dv, dtype,
+        multiply)
 
 
 def chunkwise_minimum(Dqk, Dv, L) -> float:
@@ -259,14 +265,14 @@ def context_of(spec, L):
     return int(spec[:-1] or 1) * L if spec.endswith("L") else int(spec)
 
 
-def rows_for(head_dims, chunks, context, with_tfla, per_kernel, dtype="bfloat16"):
+def rows_for(head_dims, chunks, context, with_tfla, per_kernel, dtype="bfloat16", multiply=True):
     rows = []
     tfla_cache = {}
     for D in head_dims:
         for chunk in chunks:
             L = resolve_chunk(chunk, D, 1 << 20)
             S = max(context_of(context, L), L)
-            ours = project_work(S, D, D, L, dtype)
+            ours = project_work(S, D, D, L, dtype, multiply)
             row = dict(head_dim=D, model_flops=project_flops_model(D, D, L), chunk=f"auto = {L}" if chunk == "auto" else str(L), L=L, context=S,
                        flops=ours.flops, bytes=ours.bytes, minimum=chunkwise_minimum(D, D, L),
                        bound_ns=roofline_ns(ours.flops, ours.bytes))
@@ -277,7 +283,7 @@ def rows_for(head_dims, chunks, context, with_tfla, per_kernel, dtype="bfloat16"
             if with_tfla:
                 S_tfla = max(S, TFLA_CHUNK)
                 if (D, S_tfla) not in tfla_cache:
-                    tfla_cache[(D, S_tfla)] = tfla_work(S_tfla, D, D)
+                    tfla_cache[(D, S_tfla)] = tfla_work(S_tfla, D, D, dtype=dtype, multiply=multiply)
                 theirs = tfla_cache[(D, S_tfla)]
                 row.update(tfla_flops=theirs.flops, tfla_bytes=theirs.bytes,
                            tfla_bound_ns=roofline_ns(theirs.flops, theirs.bytes))
@@ -330,6 +336,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-tfla", action="store_true", help="skip TFLA even when installed")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="q, k, v dtype (default bfloat16; FLOPs are the same in float32, which interprets faster)")
+    parser.add_argument("--skip-products", action="store_true",
+                        help="count without multiplying (each dot returns its accumulator): the same counts, faster")
     parser.add_argument("--per-kernel", action="store_true", help="also print the counts per kernel")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--derive-auto", action="store_true",
@@ -350,7 +358,7 @@ def main(argv=None):
         return 0
     with_tfla = not args.no_tfla and tfla_available(args.tfla_path)
     rows = rows_for([int(d) for d in args.head_dims.split(",")], args.chunks.split(","), args.context, with_tfla,
-                    args.per_kernel, args.dtype)
+                    args.per_kernel, args.dtype, not args.skip_products)
     tfla_text = f"mlstm-kernels {TFLA_VERSION} triton_xl_chunk, chunk {TFLA_CHUNK}" if with_tfla else "TFLA not installed"
     print(f"# triton {triton.__version__}, torch {torch.__version__}; {tfla_text}; one forward + backward, {args.dtype}, "
           f"B = H = 1; bound: H100 SXM datasheet roofline from the counts (not a timing)")

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.chunkwise_fw import chunk_geometry, document_before, masked_log_weights, source_tile_log_weights
-from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
+from kernels.mlstm.tiling import device_capability, dot_precision, kernel_buffer, kernel_settings, placeholder
 
 
 @triton.jit
@@ -58,7 +58,8 @@ def _chunk_dq_kernel(
     PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     """One program per (batch*head, sequence tile, Dqk tile): dq of the tile's rows and this Dqk
-    tile's share of q . dq; the Dqk-tile-0 program also stores N_t and dden_t for the kernels after."""
+    tile's share of q . dq; the Dqk-tile-0 program also stores N_t and dden_t for the kernels after.
+    With the whole Dqk in one tile, dH V^T is formed once per tile pair."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
     tile_k = tl.program_id(2)
@@ -66,8 +67,8 @@ def _chunk_dq_kernel(
     first = chunk * TPC
     rows = tl.arange(0, T)
     t = tile * T + rows
-    dk = tile_k * BK + tl.arange(0, BK)
-    mask_k = dk < DQK
+    dk0 = tile_k * BK + tl.arange(0, BK // 2)
+    dk1 = dk0 + BK // 2
     seq = bh.to(tl.int64) * S
     doc_off = (bh // H).to(tl.int64) * S
     dot_ty = q_ptr.dtype.element_ty
@@ -93,23 +94,20 @@ def _chunk_dq_kernel(
     doc_t = t
     if HAS_RESETS:
         doc_t = tl.load(doc_ptr + doc_off + t)
-    # the entering state first (one accumulator for dq): w_t (C_c dnum_t + n_c dden_t), w_t from the
-    # chunk's log forget before t's tile; held as acc = w_t / (N_t scale) C_c dh_t until the end
+    # the entering state's share first, w_t (C_c dnum_t + n_c dden_t), w_t from the chunk's log
+    # forget before t's tile
     m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk)
     log_w_enter = tiles_log_forget(beta_ptr, seq, first, tile, T) + beta_t + m_prev - m_row
     if HAS_RESETS:        # masked before exp: m_t of a row after a reset does not bound it
         log_w_enter = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), log_w_enter, float("-inf"))
     w = tl.exp(log_w_enter)
-    acc = tl.zeros((T, BK), dtype=tl.float32)
-    for start_v in range(0, DV, BV):
-        dv = start_v + tl.arange(0, BV)
-        mask_v = dv < DV
-        dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
-        C = tl.load(C_ptr + (bh.to(tl.int64) * NC + chunk) * DQK * DV + dk[:, None] * DV + dv[None, :],
-                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        acc += tl.dot(dh, tl.trans(C.to(dot_ty)), input_precision=PRECISION)
-    acc = acc * (w / (normalizer * scale))[:, None]
-
+    # dq in two halves of the Dqk tile, each with its accumulator: the same products, and the
+    # final q . dq needs only half of q beside them (a whole q tile would spill registers)
+    state = bh.to(tl.int64) * NC + chunk
+    acc0 = entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk0, w / normalizer, w * dden, scale,
+                             DQK, DV, T, BK // 2, BV, NC, PRECISION)
+    acc1 = entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk1, w / normalizer, w * dden, scale,
+                             DQK, DV, T, BK // 2, BV, NC, PRECISION)
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
         R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
@@ -121,16 +119,42 @@ def _chunk_dq_kernel(
             dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
             v = tl.load(v_ptr + (seq + s[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
             dh_v += tl.dot(dh, tl.trans(v), input_precision=PRECISION)
-        dA = (dh_v / normalizer[:, None] + dden[:, None]) * tl.exp(log_w - m_row[:, None])
-        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-        acc += tl.dot(dA.to(dot_ty), k, input_precision=PRECISION)
+        dA = ((dh_v / normalizer[:, None] + dden[:, None]) * tl.exp(log_w - m_row[:, None])).to(dot_ty)
+        k0 = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk0[None, :], mask=(dk0 < DQK)[None, :], other=0.0)
+        acc0 += tl.dot(dA, k0, input_precision=PRECISION)
+        k1 = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk1[None, :], mask=(dk1 < DQK)[None, :], other=0.0)
+        acc1 += tl.dot(dA, k1, input_precision=PRECISION)
 
-    n = tl.load(n_ptr + (bh.to(tl.int64) * (NC + 1) + chunk) * DQK + dk, mask=mask_k, other=0.0)
-    dq = acc * scale + (w * dden)[:, None] * n[None, :]
-    q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-    tl.store(dq_ptr + (seq + t[:, None]) * DQK + dk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_k[None, :])
-    tl.store(qdq_ptr + tile_k.to(tl.int64) * tl.num_programs(0) * S + seq + t,
-             tl.sum(q.to(tl.float32) * dq, axis=1))
+    q_dq = store_gradient_half(q_ptr, dq_ptr, seq, t, dk0, acc0 * scale, DQK)
+    q_dq += store_gradient_half(q_ptr, dq_ptr, seq, t, dk1, acc1 * scale, DQK)
+    tl.store(qdq_ptr + tile_k.to(tl.int64) * tl.num_programs(0) * S + seq + t, q_dq)
+
+
+@triton.jit
+def entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk, w_over_N, w_dden, scale, DQK, DV,
+                      T: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NC, PRECISION: tl.constexpr):
+    """The entering state's share of dq / scale on columns dk: (w_t / N_t C_c dh_t + w_t dden_t n_c) / scale."""
+    mask_k = dk < DQK
+    acc = tl.zeros((T, BK), dtype=tl.float32)
+    for start_v in range(0, DV, BV):
+        dv = start_v + tl.arange(0, BV)
+        mask_v = dv < DV
+        dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+        C = tl.load(C_ptr + state * DQK * DV + dk[:, None] * DV + dv[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += tl.dot(dh, tl.trans(C.to(dh.dtype)), input_precision=PRECISION)
+    n = tl.load(n_ptr + (state + state // NC) * DQK + dk, mask=mask_k, other=0.0)
+    return (acc * w_over_N[:, None] + w_dden[:, None] * n[None, :]) / scale
+
+
+@triton.jit
+def store_gradient_half(x_ptr, dx_ptr, seq, rows, cols, dx, D):
+    """Store the gradient dx (rows, cols) and return the row sums x . dx (fp32, before rounding)."""
+    off = (seq + rows[:, None]) * D + cols[None, :]
+    mask = (cols < D)[None, :]
+    tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    x = tl.load(x_ptr + off, mask=mask, other=0.0)
+    return tl.sum(x.to(tl.float32) * dx, axis=1)
 
 
 @triton.jit
@@ -236,6 +260,23 @@ def row_tile_decay(beta_ptr, doc_ptr, mrow_ptr, seq, doc_off, R, row_tile, s, be
 
 
 @triton.jit
+def leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk, e, DQK, DV,
+                     T: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):
+    """The leaving state's share of dk / scale on columns dk: e_s (dC_{c+1} v_s + dn_{c+1})."""
+    mask_k = dk < DQK
+    acc = tl.zeros((T, BK), dtype=tl.float32)
+    for start_v in range(0, DV, BR):
+        dv = start_v + tl.arange(0, BR)
+        mask_v = dv < DV
+        v = tl.load(v_ptr + (seq + s[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+        dC = tl.load(dC_ptr + state * DQK * DV + dk[:, None] * DV + dv[None, :],
+                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += tl.dot(v, tl.trans(dC.to(v.dtype)), input_precision=PRECISION)
+    dn = tl.load(dn_ptr + state * DQK + dk, mask=mask_k, other=0.0)
+    return e[:, None] * (acc + dn[None, :])
+
+
+@triton.jit
 def _chunk_dkv_kernel(
     q_ptr, k_ptr, v_ptr, i_ptr, beta_ptr, doc_ptr, dh_ptr, mrow_ptr, norm_ptr, dden_ptr,
     m_ptr, dC_ptr, dn_ptr,
@@ -274,19 +315,11 @@ def _chunk_dkv_kernel(
     e = tl.exp(log_e)
     state = bh.to(tl.int64) * NC + chunk                  # dC, dn of the state leaving the chunk
     if j < tiles_k:
-        dk = j * BK + tl.arange(0, BK)
-        mask_k = dk < DQK
-        # the state's term first (one accumulator): e_s (dC_{c+1} v_s + dn_{c+1})
-        acc = tl.zeros((T, BK), dtype=tl.float32)
-        for start_v in range(0, DV, BR):
-            dvv = start_v + tl.arange(0, BR)
-            mask_vv = dvv < DV
-            v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv[None, :], other=0.0)
-            dC = tl.load(dC_ptr + state * DQK * DV + dk[:, None] * DV + dvv[None, :],
-                         mask=mask_k[:, None] & mask_vv[None, :], other=0.0)
-            acc += tl.dot(v, tl.trans(dC.to(dot_ty)), input_precision=PRECISION)
-        dn = tl.load(dn_ptr + state * DQK + dk, mask=mask_k, other=0.0)
-        acc = e[:, None] * (acc + dn[None, :])
+        # dk in two halves of the Dqk tile (as in the dq kernel: k . dk beside half a k tile)
+        dk0 = j * BK + tl.arange(0, BK // 2)
+        dk1 = dk0 + BK // 2
+        acc0 = leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk0, e, DQK, DV, T, BK // 2, BR, PRECISION)
+        acc1 = leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk1, e, DQK, DV, T, BK // 2, BR, PRECISION)
         R = tl.zeros((), tl.float32)
         for row_tile in range(tile, last):
             t, decay_T, R = row_tile_decay(beta_ptr, doc_ptr, mrow_ptr, seq, doc_off, R, row_tile, s, beta_s, i_s,
@@ -298,16 +331,16 @@ def _chunk_dkv_kernel(
                 v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
                 dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
                 v_dh += tl.dot(v, tl.trans(dh), input_precision=PRECISION)
-            dA_T = (v_dh / tl.load(norm_ptr + seq + t)[None, :] + tl.load(dden_ptr + seq + t)[None, :]) * decay_T
-            q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-            acc += tl.dot(dA_T.to(dot_ty), q, input_precision=PRECISION)
-        grad_k = scale * acc                                               # w.r.t. the unscaled k
-        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-        tl.store(dk_ptr + (seq + s[:, None]) * DQK + dk[None, :], grad_k.to(dk_ptr.dtype.element_ty),
-                 mask=mask_k[None, :])
-        # k . dk is the same for the scaled k and its gradient as for the unscaled ones
-        tl.store(kdk_ptr + j.to(tl.int64) * tl.num_programs(0) * S + seq + s,
-                 tl.sum(k.to(tl.float32) * grad_k, axis=1))
+            dA_T = ((v_dh / tl.load(norm_ptr + seq + t)[None, :] + tl.load(dden_ptr + seq + t)[None, :])
+                    * decay_T).to(dot_ty)
+            q0 = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk0[None, :], mask=(dk0 < DQK)[None, :], other=0.0)
+            acc0 += tl.dot(dA_T, q0, input_precision=PRECISION)
+            q1 = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk1[None, :], mask=(dk1 < DQK)[None, :], other=0.0)
+            acc1 += tl.dot(dA_T, q1, input_precision=PRECISION)
+        # w.r.t. the unscaled k; k . dk is the same for the scaled k and its gradient as for the unscaled ones
+        k_dk = store_gradient_half(k_ptr, dk_ptr, seq, s, dk0, scale * acc0, DQK)
+        k_dk += store_gradient_half(k_ptr, dk_ptr, seq, s, dk1, scale * acc1, DQK)
+        tl.store(kdk_ptr + j.to(tl.int64) * tl.num_programs(0) * S + seq + s, k_dk)
     else:
         dv = (j - tiles_k) * BV + tl.arange(0, BV)
         mask_v = dv < DV
@@ -399,7 +432,7 @@ def chunk_dq(q, k, v, i, beta, doc, h, dh, m_row, den, states, chunk_size, tile,
     Dv = v.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     C, n, m = states
-    cfg = kernel_settings("dq", Dqk, Dv)
+    cfg = kernel_settings("dq", Dqk, Dv, device_capability(q.device))
     tiles_k = triton.cdiv(Dqk, cfg.BK)
     dq = kernel_buffer(q.shape, q.dtype, q.device)
     qdq = kernel_buffer((tiles_k, B, H, S), torch.float32, q.device)
@@ -425,7 +458,7 @@ def chunk_state_grads(q, beta, doc, m_row, dh, normalizer, dden, states, C_final
     Dv = dh.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     C, n, m = states
-    cfg = kernel_settings("state_grads", Dqk, Dv)
+    cfg = kernel_settings("state_grads", Dqk, Dv, device_capability(q.device))
     grid = (B * H, triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV))
     dC = kernel_buffer(C.shape, torch.float32, q.device)
     dn = kernel_buffer((B, H, NC, Dqk), torch.float32, q.device)
@@ -453,7 +486,7 @@ def chunk_dkv(q, k, v, i, beta, doc, dh, m_row, normalizer, dden, m_states, stat
     Dv = v.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     dC, dn = state_grads
-    cfg = kernel_settings("dkv", Dqk, Dv)
+    cfg = kernel_settings("dkv", Dqk, Dv, device_capability(q.device))
     tiles_k, tiles_v = triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV)
     dk = kernel_buffer(k.shape, k.dtype, k.device)
     dv = kernel_buffer(v.shape, v.dtype, v.device)

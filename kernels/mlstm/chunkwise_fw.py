@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
+from kernels.mlstm.tiling import device_capability, dot_precision, kernel_buffer, kernel_settings, placeholder
 
 
 @triton.jit
@@ -247,7 +247,7 @@ def chunk_states_fw(k, v, i, beta, doc, C0, n0, m0, chunk_size, tile):
     n = kernel_buffer((B, H, NC + 1, Dqk), torch.float32, k.device)
     m = kernel_buffer((B, H, NC + 1), torch.float32, k.device)
     C_final = kernel_buffer((B, H, Dqk, Dv), torch.float32, k.device)
-    cfg = kernel_settings("states", Dqk, Dv)
+    cfg = kernel_settings("states", Dqk, Dv, device_capability(k.device))
     unused = placeholder(k.device)
     grid = (B * H, triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV))
     _chunk_states_kernel[grid](
@@ -269,7 +269,7 @@ def chunk_outputs_fw(q, k, v, i, beta, doc, states, chunk_size, tile, eps):
     h = kernel_buffer((B, H, S, Dv), v.dtype, v.device)
     m_row = kernel_buffer((B, H, S), torch.float32, v.device)
     den = kernel_buffer((B, H, S), torch.float32, v.device)
-    cfg = kernel_settings("outputs", Dqk, Dv)
+    cfg = kernel_settings("outputs", Dqk, Dv, device_capability(q.device))
     grid = (B * H, NT, triton.cdiv(Dv, cfg.BV))
     _chunk_outputs_kernel[grid](
         q, k, v, i, beta, placeholder(q.device) if doc is None else doc, C, n, m, h, m_row, den,
