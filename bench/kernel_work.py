@@ -241,7 +241,8 @@ def derive_auto(head_dims, chunks=(64, 128, 256, 512, 1024), arch=90):
             for launch, _ in gpu_compile.distinct_launches([work]):
                 result = gpu_compile.compile_launch(launch, arch)
                 spills += result.spill_bytes if result.ok else 1
-            lines.append(f"head dim {D:>4} chunk {L:>5}: {flops / 1e6:7.3f} MFLOP ({flops / chunkwise_minimum(D, D, L):.2f}x "
+            ratio = flops / chunkwise_minimum(D, D, L)
+            lines.append(f"head dim {D:>4} chunk {L:>5}: {flops / 1e6:7.3f} MFLOP ({ratio:.2f}x "
                          f"minimum), {nbytes / 1024:6.2f} KiB, bound {bound:6.2f} ns, sm_{arch} spill {spills} B")
             if not spills and (best is None or bound < best[0]):
                 best = (bound, L)
@@ -273,7 +274,8 @@ def rows_for(head_dims, chunks, context, with_tfla, per_kernel, dtype="bfloat16"
             L = resolve_chunk(chunk, D, 1 << 20)
             S = max(context_of(context, L), L)
             ours = project_work(S, D, D, L, dtype, multiply)
-            row = dict(head_dim=D, model_flops=project_flops_model(D, D, L), chunk=f"auto = {L}" if chunk == "auto" else str(L), L=L, context=S,
+            row = dict(head_dim=D, model_flops=project_flops_model(D, D, L), L=L, context=S,
+                       chunk=f"auto = {L}" if chunk == "auto" else str(L),
                        flops=ours.flops, bytes=ours.bytes, minimum=chunkwise_minimum(D, D, L),
                        bound_ns=roofline_ns(ours.flops, ours.bytes))
             row["flops_over_minimum"] = row["flops"] / row["minimum"]
@@ -359,8 +361,8 @@ def main(argv=None):
     with_tfla = not args.no_tfla and tfla_available(args.tfla_path)
     rows = rows_for([int(d) for d in args.head_dims.split(",")], args.chunks.split(","), args.context, with_tfla,
                     args.per_kernel, args.dtype, not args.skip_products)
-    tfla_text = f"mlstm-kernels {TFLA_VERSION} triton_xl_chunk, chunk {TFLA_CHUNK}" if with_tfla else "TFLA not installed"
-    print(f"# triton {triton.__version__}, torch {torch.__version__}; {tfla_text}; one forward + backward, {args.dtype}, "
+    tfla = f"mlstm-kernels {TFLA_VERSION} triton_xl_chunk, chunk {TFLA_CHUNK}" if with_tfla else "TFLA not installed"
+    print(f"# triton {triton.__version__}, torch {torch.__version__}; {tfla}; one forward + backward, {args.dtype}, "
           f"B = H = 1; bound: H100 SXM datasheet roofline from the counts (not a timing)")
     print(format_table(rows, with_tfla))
     if args.per_kernel:
