@@ -9,7 +9,8 @@ without one; segments as `segments="auto"` picks them on a GPU with --sm-count S
 The JIT's own binder (`create_function_from_signature`, `_pack_args`) turns each launch into
 the signature, constexprs and alignment attributes the JIT would compile, and each distinct one
 is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for
-sm_80 (A100) and sm_90 (H100). Per kernel it reports:
+sm_80 (A100) and sm_90 (H100), each from launches captured with that arch's kernel settings
+(kernels/mlstm/tiling.py). Per kernel it reports:
 
     shared       metadata.shared against the opt-in limit per block (A100 163 KiB, H100 227 KiB)
     regs, spill  from the ptxas -v log of the same compile (spill stores + loads, bytes)
@@ -122,9 +123,30 @@ def _nbytes(t) -> int:
     return t.numel() * t.element_size()
 
 
-def run_workload(model, cfg, B, S, sm_count, segments=None) -> Workload:
-    """One mLSTM layer's kernel call, forward and backward, on meta tensors, launches captured;
-    `segments` None: what segments="auto" picks on the GPU."""
+@contextlib.contextmanager
+def target_capability(capability):
+    """Launches captured on meta tensors get the kernel settings of this compute capability."""
+    try:
+        from kernels.mlstm import tiling
+    except ImportError:
+        yield
+        return
+    previous = getattr(tiling, "DEFAULT_CAPABILITY", None)
+    tiling.DEFAULT_CAPABILITY = capability
+    try:
+        yield
+    finally:
+        tiling.DEFAULT_CAPABILITY = previous
+
+
+def run_workload(model, cfg, B, S, sm_count, segments=None, capability=90) -> Workload:
+    """One mLSTM layer's kernel call, forward and backward, on meta tensors, launches captured with
+    the kernel settings of compute `capability`; `segments` None: what segments="auto" picks on the GPU."""
+    with target_capability(capability):
+        return _run_workload(model, cfg, B, S, sm_count, segments)
+
+
+def _run_workload(model, cfg, B, S, sm_count, segments) -> Workload:
     import torch
 
     import kernels
@@ -317,7 +339,7 @@ def shipped_models():
     return sorted(p.stem for p in (REPO / "configs" / "models").glob("*.yaml"))
 
 
-def build_workloads(models, sm_count, contexts=None, segment_choices=(None,)):
+def build_workloads(models, sm_count, contexts=None, segment_choices=(None,), capability=90):
     workloads = []
     for name in models:
         cfg, shapes = model_shapes(name)
@@ -325,7 +347,7 @@ def build_workloads(models, sm_count, contexts=None, segment_choices=(None,)):
             shapes = [(1, S) for S in contexts]
         for B, S in shapes:
             for segments in segment_choices:
-                workloads.append(run_workload(name, cfg, B, S, sm_count, segments))
+                workloads.append(run_workload(name, cfg, B, S, sm_count, segments, capability))
     return workloads
 
 
@@ -441,17 +463,18 @@ def main(argv=None):
 
     models = args.models.split(",") if args.models else shipped_models()
     archs = [int(a) for a in args.archs.split(",")]
-    workloads = build_workloads(models, args.sm_count)
     rows = []
-    for launch, launch_models in distinct_launches(workloads):
-        for arch in archs:
+    for arch in archs:              # each arch's launches carry its kernel settings (kernels/mlstm/tiling.py)
+        workloads = build_workloads(models, args.sm_count, capability=arch)
+        for launch, launch_models in distinct_launches(workloads):
             rows.append((compile_launch(launch, arch), ",".join(launch_models)))
     print(f"# triton {triton.__version__}, torch {torch.__version__}; {len(rows)} compiles of "
           f"{len({r.kernel for r, _ in rows})} kernels for {', '.join(f'sm_{a}' for a in archs)}")
     summary = summarize(rows)
     print(format_compile_table(summary))
     print()
-    print("# bytes handed to the kernels per token of one forward+backward (bf16), against the floor")
+    print(f"# bytes handed to the kernels per token of one forward+backward (bf16, sm_{archs[-1]} settings), "
+          f"against the floor")
     print(format_bytes_table(workloads))
     memory = []
     if args.memory_models:

@@ -4,7 +4,12 @@
 #                           2^11, 2^13, 2^15, 2^16, 2^17, 2^18 (2^18 tokens per step), profile at 2^11
 #   2. bench/train_step.py --trainer-host-path   Prot-xLSTM-102M at 2^11 and 2^17 again, with the
 #                           trainer's host copies and syncs: the difference to 1. is their cost
-#   3. bench/kernels.py     the mLSTM kernel vs flash attention at the Prot-xLSTM head shapes
+#   3. bench/kernels.py     the mLSTM kernel vs flash attention and TFLA at the Prot-xLSTM head shapes
+#                           (TFLA: mlstm-kernels 2.0.6 from $MLSTM_KERNELS_PATH, default .tfla/ in the
+#                           repository, made before the device call with
+#                           `pip install --no-deps --target .tfla mlstm-kernels==2.0.6` and carried along;
+#                           (untracked: it travels with the working tree; never commit it, never install it
+#                           into the environment); without it the TFLA row is skipped)
 #   4. bench/plot.py        tokens/s vs context length
 # Results go to $OUT_DIR (default bench/results/): train_step.{json,md}, train_step_trainer_path.{json,md},
 # kernels.json, kernels.txt, train_step.png (or .svg without matplotlib), run_all.log. Elapsed
@@ -84,8 +89,14 @@ elapsed "training step with the trainer's host path done"
 
 # ---------------------------------------------------------------- 2. kernels
 left=$((BUDGET_S - (SECONDS - start) - 20))
+MLSTM_KERNELS_PATH="${MLSTM_KERNELS_PATH:-.tfla}"
+if [ -d "$MLSTM_KERNELS_PATH/mlstm_kernels" ]; then
+    echo "[run_all] TFLA from $MLSTM_KERNELS_PATH"
+else
+    echo "[run_all] no mlstm_kernels in $MLSTM_KERNELS_PATH: kernels.py times without TFLA (see the header)"
+fi
 if [ "$left" -gt 30 ] && [ -z "$(missing tqdm)" ]; then
-    timeout -k 10 "$left" "$PY" bench/kernels.py --configs 4x512,4x256 --segments 4 --min-log2 11 --max-log2 17 \
+    PYTHONPATH="$MLSTM_KERNELS_PATH${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$left" "$PY" bench/kernels.py --configs 4x512,4x256 --segments 4 --min-log2 11 --max-log2 17 \
         --warmup-ms 10 --rep-ms 50 --check --out "$OUT_DIR/kernels.json" --force | tee "$OUT_DIR/kernels.txt"
     echo "[run_all] kernels.py exit code ${PIPESTATUS[0]}"
 else

@@ -35,7 +35,16 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.chunkwise_fw import chunk_geometry, document_before, masked_log_weights, source_tile_log_weights
-from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
+from kernels.mlstm.tiling import device_capability, dot_precision, kernel_buffer, kernel_settings, placeholder
+
+
+@triton.jit
+def tiles_log_forget(beta_ptr, seq, start, end, T: tl.constexpr):
+    """The log forget of the sequence tiles [start, end): the sum of their totals G."""
+    total = tl.zeros((), tl.float32)
+    for tile in range(start, end):
+        total += tl.load(beta_ptr + seq + tile * T + T - 1)
+    return total
 
 
 @triton.jit
@@ -49,7 +58,8 @@ def _chunk_dq_kernel(
     PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     """One program per (batch*head, sequence tile, Dqk tile): dq of the tile's rows and this Dqk
-    tile's share of q . dq; the Dqk-tile-0 program also stores N_t and dden_t for the kernels after."""
+    tile's share of q . dq; the Dqk-tile-0 program also stores N_t and dden_t for the kernels after.
+    With the whole Dqk in one tile, dH V^T is formed once per tile pair."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
     tile_k = tl.program_id(2)
@@ -57,8 +67,8 @@ def _chunk_dq_kernel(
     first = chunk * TPC
     rows = tl.arange(0, T)
     t = tile * T + rows
-    dk = tile_k * BK + tl.arange(0, BK)
-    mask_k = dk < DQK
+    dk0 = tile_k * BK + tl.arange(0, BK // 2)
+    dk1 = dk0 + BK // 2
     seq = bh.to(tl.int64) * S
     doc_off = (bh // H).to(tl.int64) * S
     dot_ty = q_ptr.dtype.element_ty
@@ -84,7 +94,20 @@ def _chunk_dq_kernel(
     doc_t = t
     if HAS_RESETS:
         doc_t = tl.load(doc_ptr + doc_off + t)
-    acc = tl.zeros((T, BK), dtype=tl.float32)
+    # the entering state's share first, w_t (C_c dnum_t + n_c dden_t), w_t from the chunk's log
+    # forget before t's tile
+    m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk)
+    log_w_enter = tiles_log_forget(beta_ptr, seq, first, tile, T) + beta_t + m_prev - m_row
+    if HAS_RESETS:        # masked before exp: m_t of a row after a reset does not bound it
+        log_w_enter = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), log_w_enter, float("-inf"))
+    w = tl.exp(log_w_enter)
+    # dq in two halves of the Dqk tile, each with its accumulator: the same products, and the
+    # final q . dq needs only half of q beside them (a whole q tile would spill registers)
+    state = bh.to(tl.int64) * NC + chunk
+    acc0 = entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk0, w / normalizer, w * dden, scale,
+                             DQK, DV, T, BK // 2, BV, NC, PRECISION)
+    acc1 = entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk1, w / normalizer, w * dden, scale,
+                             DQK, DV, T, BK // 2, BV, NC, PRECISION)
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
         R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
@@ -96,30 +119,42 @@ def _chunk_dq_kernel(
             dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
             v = tl.load(v_ptr + (seq + s[:, None]) * DV + dv[None, :], mask=mask_v, other=0.0)
             dh_v += tl.dot(dh, tl.trans(v), input_precision=PRECISION)
-        dA = (dh_v / normalizer[:, None] + dden[:, None]) * tl.exp(log_w - m_row[:, None])
-        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-        acc += tl.dot(dA.to(dot_ty), k, input_precision=PRECISION)
+        dA = ((dh_v / normalizer[:, None] + dden[:, None]) * tl.exp(log_w - m_row[:, None])).to(dot_ty)
+        k0 = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk0[None, :], mask=(dk0 < DQK)[None, :], other=0.0)
+        acc0 += tl.dot(dA, k0, input_precision=PRECISION)
+        k1 = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk1[None, :], mask=(dk1 < DQK)[None, :], other=0.0)
+        acc1 += tl.dot(dA, k1, input_precision=PRECISION)
 
-    # the entering state: w_t (C_c dnum_t + n_c dden_t); R is now the chunk's log forget before t's tile
-    m_prev = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk)
-    log_w_enter = R + beta_t + m_prev - m_row
-    if HAS_RESETS:        # masked before exp: m_t of a row after a reset does not bound it
-        log_w_enter = tl.where(doc_t == document_before(doc_ptr, doc_off, first * T), log_w_enter, float("-inf"))
-    w = tl.exp(log_w_enter)
-    dh_C = tl.zeros((T, BK), dtype=tl.float32)
+    q_dq = store_gradient_half(q_ptr, dq_ptr, seq, t, dk0, acc0 * scale, DQK)
+    q_dq += store_gradient_half(q_ptr, dq_ptr, seq, t, dk1, acc1 * scale, DQK)
+    tl.store(qdq_ptr + tile_k.to(tl.int64) * tl.num_programs(0) * S + seq + t, q_dq)
+
+
+@triton.jit
+def entering_state_dq(dh_ptr, C_ptr, n_ptr, seq, t, state, dk, w_over_N, w_dden, scale, DQK, DV,
+                      T: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NC, PRECISION: tl.constexpr):
+    """The entering state's share of dq / scale on columns dk: (w_t / N_t C_c dh_t + w_t dden_t n_c) / scale."""
+    mask_k = dk < DQK
+    acc = tl.zeros((T, BK), dtype=tl.float32)
     for start_v in range(0, DV, BV):
         dv = start_v + tl.arange(0, BV)
         mask_v = dv < DV
         dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
-        C = tl.load(C_ptr + (bh.to(tl.int64) * NC + chunk) * DQK * DV + dk[:, None] * DV + dv[None, :],
+        C = tl.load(C_ptr + state * DQK * DV + dk[:, None] * DV + dv[None, :],
                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        dh_C += tl.dot(dh, tl.trans(C.to(dot_ty)), input_precision=PRECISION)
-    n = tl.load(n_ptr + (bh.to(tl.int64) * (NC + 1) + chunk) * DQK + dk, mask=mask_k, other=0.0)
-    dq = acc * scale + w[:, None] * (dh_C / normalizer[:, None] + dden[:, None] * n[None, :])
-    q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-    tl.store(dq_ptr + (seq + t[:, None]) * DQK + dk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_k[None, :])
-    tl.store(qdq_ptr + tile_k.to(tl.int64) * tl.num_programs(0) * S + seq + t,
-             tl.sum(q.to(tl.float32) * dq, axis=1))
+        acc += tl.dot(dh, tl.trans(C.to(dh.dtype)), input_precision=PRECISION)
+    n = tl.load(n_ptr + (state + state // NC) * DQK + dk, mask=mask_k, other=0.0)
+    return (acc * w_over_N[:, None] + w_dden[:, None] * n[None, :]) / scale
+
+
+@triton.jit
+def store_gradient_half(x_ptr, dx_ptr, seq, rows, cols, dx, D):
+    """Store the gradient dx (rows, cols) and return the row sums x . dx (fp32, before rounding)."""
+    off = (seq + rows[:, None]) * D + cols[None, :]
+    mask = (cols < D)[None, :]
+    tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    x = tl.load(x_ptr + off, mask=mask, other=0.0)
+    return tl.sum(x.to(tl.float32) * dx, axis=1)
 
 
 @triton.jit
@@ -210,31 +245,59 @@ def _chunk_state_grads_kernel(
 
 
 @triton.jit
+def row_tile_decay(beta_ptr, doc_ptr, mrow_ptr, seq, doc_off, R, row_tile, s, beta_s, i_s, doc_s,
+                   T: tl.constexpr, HAS_RESETS: tl.constexpr):
+    """D^T of (sources s, rows of `row_tile`): sources along dim 0, rows along dim 1; R is the
+    log forget from the sources' tile up to the rows' tile. Returns (rows t, D^T, R past the rows' tile)."""
+    t = row_tile * T + tl.arange(0, T)
+    doc_t = t
+    if HAS_RESETS:
+        doc_t = tl.load(doc_ptr + doc_off + t)
+    log_w = masked_log_weights(R, tl.load(beta_ptr + seq + t)[None, :], beta_s[:, None], i_s[:, None],
+                               t[None, :], s[:, None], doc_t[None, :], doc_s[:, None], HAS_RESETS)
+    decay_T = tl.exp(log_w - tl.load(mrow_ptr + seq + t)[None, :])
+    return t, decay_T, R + tl.load(beta_ptr + seq + row_tile * T + T - 1)
+
+
+@triton.jit
+def leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk, e, DQK, DV,
+                     T: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):
+    """The leaving state's share of dk / scale on columns dk: e_s (dC_{c+1} v_s + dn_{c+1})."""
+    mask_k = dk < DQK
+    acc = tl.zeros((T, BK), dtype=tl.float32)
+    for start_v in range(0, DV, BR):
+        dv = start_v + tl.arange(0, BR)
+        mask_v = dv < DV
+        v = tl.load(v_ptr + (seq + s[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+        dC = tl.load(dC_ptr + state * DQK * DV + dk[:, None] * DV + dv[None, :],
+                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += tl.dot(v, tl.trans(dC.to(v.dtype)), input_precision=PRECISION)
+    dn = tl.load(dn_ptr + state * DQK + dk, mask=mask_k, other=0.0)
+    return e[:, None] * (acc + dn[None, :])
+
+
+@triton.jit
 def _chunk_dkv_kernel(
     q_ptr, k_ptr, v_ptr, i_ptr, beta_ptr, doc_ptr, dh_ptr, mrow_ptr, norm_ptr, dden_ptr,
     m_ptr, dC_ptr, dn_ptr,
     dk_ptr, dv_ptr, kdk_ptr,
     scale,
     S, H, DQK, DV, NT, NC,
-    T: tl.constexpr, TPC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    T: tl.constexpr, TPC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     PRECISION: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
-    """One program per (batch*head, source tile, head tile j): dk of Dqk tile j and dv of Dv tile j
-    for the tile's sources (whichever exists), walking the query tiles of the chunk from its own
-    onwards; also this Dqk tile's share of k . dk."""
+    """One program per (batch*head, source tile, j): for j < cdiv(Dqk, BK) dk of Dqk tile j (and
+    this tile's share of k . dk), else dv of Dv tile j - cdiv(Dqk, BK). Each walks the query tiles
+    of the chunk from its own onwards and forms its score tile (dA^T from V dH^T, or A^T from
+    K Q^T, reduced over BR-wide head tiles) once per tile pair: with the whole head dim in one
+    tile, each intra-chunk product of the backward is done once."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
     j = tl.program_id(2)
+    tiles_k = tl.cdiv(DQK, BK)
     chunk = tile // TPC
     last = tl.minimum((chunk + 1) * TPC, NT)
-    rows = tl.arange(0, T)
-    s = tile * T + rows
-    dk = j * BK + tl.arange(0, BK)
-    dv = j * BV + tl.arange(0, BV)
-    mask_k = dk < DQK
-    mask_v = dv < DV
-    do_k = j * BK < DQK
-    do_v = j * BV < DV
+    s = tile * T + tl.arange(0, T)
     seq = bh.to(tl.int64) * S
     doc_off = (bh // H).to(tl.int64) * S
     dot_ty = q_ptr.dtype.element_ty
@@ -244,79 +307,68 @@ def _chunk_dkv_kernel(
     doc_s = s
     if HAS_RESETS:
         doc_s = tl.load(doc_ptr + doc_off + s)
-    acc_k = tl.zeros((T, BK), dtype=tl.float32)
-    acc_v = tl.zeros((T, BV), dtype=tl.float32)
-    R = tl.zeros((), tl.float32)
-    for row_tile in range(tile, last):
-        t = row_tile * T + rows
-        m_row = tl.load(mrow_ptr + seq + t)
-        normalizer = tl.load(norm_ptr + seq + t)
-        doc_t = t
-        if HAS_RESETS:
-            doc_t = tl.load(doc_ptr + doc_off + t)
-        # D^T: sources along dim 0, rows along dim 1
-        log_w = masked_log_weights(R, tl.load(beta_ptr + seq + t)[None, :], beta_s[:, None], i_s[:, None],
-                                   t[None, :], s[:, None], doc_t[None, :], doc_s[:, None], HAS_RESETS)
-        decay_T = tl.exp(log_w - m_row[None, :])
-        R += tl.load(beta_ptr + seq + row_tile * T + T - 1)
-        if do_k:
-            v_dh = tl.zeros((T, T), dtype=tl.float32)
-            for start_v in range(0, DV, BV):
-                dvv = start_v + tl.arange(0, BV)
-                mask_vv = (dvv < DV)[None, :]
-                v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
-                dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
-                v_dh += tl.dot(v, tl.trans(dh), input_precision=PRECISION)
-            dA_T = (v_dh / normalizer[None, :] + tl.load(dden_ptr + seq + t)[None, :]) * decay_T
-            q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-            acc_k += tl.dot(dA_T.to(dot_ty), q, input_precision=PRECISION)
-        if do_v:
-            k_q = tl.zeros((T, T), dtype=tl.float32)
-            for start_k in range(0, DQK, BK):
-                dkk = start_k + tl.arange(0, BK)
-                mask_kk = (dkk < DQK)[None, :]
-                k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
-                q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
-                k_q += tl.dot(k, tl.trans(q), input_precision=PRECISION)
-            A_T = k_q * (scale / normalizer)[None, :] * decay_T
-            dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
-            acc_v += tl.dot(A_T.to(dot_ty), dh, input_precision=PRECISION)
-
-    # the state leaving the chunk: e_s = exp(g - b_s + i_s - m_{c+1}); R - beta_s is g - b_s
+    # the state leaving the chunk: e_s = exp(g - b_s + i_s - m_{c+1}), g - b_s from the tiles' totals
     m_next = tl.load(m_ptr + bh.to(tl.int64) * (NC + 1) + chunk + 1)
-    log_e = R - beta_s + i_s - m_next
+    log_e = tiles_log_forget(beta_ptr, seq, tile, last, T) - beta_s + i_s - m_next
     if HAS_RESETS:
         log_e = tl.where(doc_s == tl.load(doc_ptr + doc_off + last * T - 1), log_e, float("-inf"))
     e = tl.exp(log_e)
     state = bh.to(tl.int64) * NC + chunk                  # dC, dn of the state leaving the chunk
-    if do_k:
-        v_dC = tl.zeros((T, BK), dtype=tl.float32)
-        for start_v in range(0, DV, BV):
-            dvv = start_v + tl.arange(0, BV)
-            mask_vv = dvv < DV
-            v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv[None, :], other=0.0)
-            dC = tl.load(dC_ptr + state * DQK * DV + dk[:, None] * DV + dvv[None, :],
-                         mask=mask_k[:, None] & mask_vv[None, :], other=0.0)
-            v_dC += tl.dot(v, tl.trans(dC.to(dot_ty)), input_precision=PRECISION)
-        dn = tl.load(dn_ptr + state * DQK + dk, mask=mask_k, other=0.0)
-        grad_k = scale * (acc_k + e[:, None] * (v_dC + dn[None, :]))       # w.r.t. the unscaled k
-        k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-        tl.store(dk_ptr + (seq + s[:, None]) * DQK + dk[None, :], grad_k.to(dk_ptr.dtype.element_ty),
-                 mask=mask_k[None, :])
-        # k . dk is the same for the scaled k and its gradient as for the unscaled ones
-        tl.store(kdk_ptr + j.to(tl.int64) * tl.num_programs(0) * S + seq + s,
-                 tl.sum(k.to(tl.float32) * grad_k, axis=1))
-    if do_v:
-        k_dC = tl.zeros((T, BV), dtype=tl.float32)
-        for start_k in range(0, DQK, BK):
-            dkk = start_k + tl.arange(0, BK)
+    if j < tiles_k:
+        # dk in two halves of the Dqk tile (as in the dq kernel: k . dk beside half a k tile)
+        dk0 = j * BK + tl.arange(0, BK // 2)
+        dk1 = dk0 + BK // 2
+        acc0 = leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk0, e, DQK, DV, T, BK // 2, BR, PRECISION)
+        acc1 = leaving_state_dk(v_ptr, dC_ptr, dn_ptr, seq, s, state, dk1, e, DQK, DV, T, BK // 2, BR, PRECISION)
+        R = tl.zeros((), tl.float32)
+        for row_tile in range(tile, last):
+            t, decay_T, R = row_tile_decay(beta_ptr, doc_ptr, mrow_ptr, seq, doc_off, R, row_tile, s, beta_s, i_s,
+                                           doc_s, T, HAS_RESETS)
+            v_dh = tl.zeros((T, T), dtype=tl.float32)
+            for start_v in range(0, DV, BR):
+                dvv = start_v + tl.arange(0, BR)
+                mask_vv = (dvv < DV)[None, :]
+                v = tl.load(v_ptr + (seq + s[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
+                dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dvv[None, :], mask=mask_vv, other=0.0)
+                v_dh += tl.dot(v, tl.trans(dh), input_precision=PRECISION)
+            dA_T = ((v_dh / tl.load(norm_ptr + seq + t)[None, :] + tl.load(dden_ptr + seq + t)[None, :])
+                    * decay_T).to(dot_ty)
+            q0 = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk0[None, :], mask=(dk0 < DQK)[None, :], other=0.0)
+            acc0 += tl.dot(dA_T, q0, input_precision=PRECISION)
+            q1 = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk1[None, :], mask=(dk1 < DQK)[None, :], other=0.0)
+            acc1 += tl.dot(dA_T, q1, input_precision=PRECISION)
+        # w.r.t. the unscaled k; k . dk is the same for the scaled k and its gradient as for the unscaled ones
+        k_dk = store_gradient_half(k_ptr, dk_ptr, seq, s, dk0, scale * acc0, DQK)
+        k_dk += store_gradient_half(k_ptr, dk_ptr, seq, s, dk1, scale * acc1, DQK)
+        tl.store(kdk_ptr + j.to(tl.int64) * tl.num_programs(0) * S + seq + s, k_dk)
+    else:
+        dv = (j - tiles_k) * BV + tl.arange(0, BV)
+        mask_v = dv < DV
+        # the state's term first: e_s scale dC_{c+1}^T k_s
+        acc = tl.zeros((T, BV), dtype=tl.float32)
+        for start_k in range(0, DQK, BR):
+            dkk = start_k + tl.arange(0, BR)
             mask_kk = dkk < DQK
             k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dkk[None, :], mask=mask_kk[None, :], other=0.0)
             dC = tl.load(dC_ptr + state * DQK * DV + dkk[:, None] * DV + dv[None, :],
                          mask=mask_kk[:, None] & mask_v[None, :], other=0.0)
-            k_dC += tl.dot(k, dC.to(dot_ty), input_precision=PRECISION)
-        grad_v = acc_v + (e * scale)[:, None] * k_dC
-        tl.store(dv_ptr + (seq + s[:, None]) * DV + dv[None, :], grad_v.to(dv_ptr.dtype.element_ty),
+            acc += tl.dot(k, dC.to(dot_ty), input_precision=PRECISION)
+        acc = acc * (e * scale)[:, None]
+        R = tl.zeros((), tl.float32)
+        for row_tile in range(tile, last):
+            t, decay_T, R = row_tile_decay(beta_ptr, doc_ptr, mrow_ptr, seq, doc_off, R, row_tile, s, beta_s, i_s,
+                                           doc_s, T, HAS_RESETS)
+            k_q = tl.zeros((T, T), dtype=tl.float32)
+            for start_k in range(0, DQK, BR):
+                dkk = start_k + tl.arange(0, BR)
+                mask_kk = (dkk < DQK)[None, :]
+                k = tl.load(k_ptr + (seq + s[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
+                q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dkk[None, :], mask=mask_kk, other=0.0)
+                k_q += tl.dot(k, tl.trans(q), input_precision=PRECISION)
+            A_T = k_q * (scale / tl.load(norm_ptr + seq + t))[None, :] * decay_T
+            dh = tl.load(dh_ptr + (seq + t[:, None]) * DV + dv[None, :], mask=mask_v[None, :], other=0.0)
+            acc += tl.dot(A_T.to(dot_ty), dh, input_precision=PRECISION)
+        tl.store(dv_ptr + (seq + s[:, None]) * DV + dv[None, :], acc.to(dv_ptr.dtype.element_ty),
                  mask=mask_v[None, :])
 
 
@@ -380,7 +432,7 @@ def chunk_dq(q, k, v, i, beta, doc, h, dh, m_row, den, states, chunk_size, tile,
     Dv = v.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     C, n, m = states
-    cfg = kernel_settings("dq", Dqk, Dv)
+    cfg = kernel_settings("dq", Dqk, Dv, device_capability(q.device))
     tiles_k = triton.cdiv(Dqk, cfg.BK)
     dq = kernel_buffer(q.shape, q.dtype, q.device)
     qdq = kernel_buffer((tiles_k, B, H, S), torch.float32, q.device)
@@ -406,7 +458,7 @@ def chunk_state_grads(q, beta, doc, m_row, dh, normalizer, dden, states, C_final
     Dv = dh.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     C, n, m = states
-    cfg = kernel_settings("state_grads", Dqk, Dv)
+    cfg = kernel_settings("state_grads", Dqk, Dv, device_capability(q.device))
     grid = (B * H, triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV))
     dC = kernel_buffer(C.shape, torch.float32, q.device)
     dn = kernel_buffer((B, H, NC, Dqk), torch.float32, q.device)
@@ -434,17 +486,17 @@ def chunk_dkv(q, k, v, i, beta, doc, dh, m_row, normalizer, dden, m_states, stat
     Dv = v.shape[-1]
     NT, TPC, NC = chunk_geometry(S, chunk_size, tile)
     dC, dn = state_grads
-    cfg = kernel_settings("dkv", Dqk, Dv)
+    cfg = kernel_settings("dkv", Dqk, Dv, device_capability(q.device))
     tiles_k, tiles_v = triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV)
     dk = kernel_buffer(k.shape, k.dtype, k.device)
     dv = kernel_buffer(v.shape, v.dtype, v.device)
     kdk = kernel_buffer((tiles_k, B, H, S), torch.float32, k.device)
-    _chunk_dkv_kernel[(B * H, NT, max(tiles_k, tiles_v))](
+    _chunk_dkv_kernel[(B * H, NT, tiles_k + tiles_v)](
         q, k, v, i, beta, placeholder(q.device) if doc is None else doc, dh, m_row, normalizer, dden,
         m_states, dC, dn, dk, dv, kdk,
         1.0 / math.sqrt(Dqk), S, H, Dqk, Dv, NT, NC,
-        T=tile, TPC=TPC, BK=cfg.BK, BV=cfg.BV, PRECISION=dot_precision(q.dtype), HAS_RESETS=doc is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        T=tile, TPC=TPC, BK=cfg.BK, BV=cfg.BV, BR=cfg.BR, PRECISION=dot_precision(q.dtype),
+        HAS_RESETS=doc is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dk, dv, kdk
 

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.tiling import dot_precision, kernel_buffer, kernel_settings, placeholder
+from kernels.mlstm.tiling import device_capability, dot_precision, kernel_buffer, kernel_settings, placeholder
 
 
 @triton.jit
@@ -186,9 +186,23 @@ def _chunk_outputs_kernel(
         log_inter = tl.where(doc_t == doc_enter, log_inter, float("-inf"))
     m_row = tl.maximum(m_row, log_inter)
 
-    # pass 2: intra-chunk numerator and denominator, tile pair by tile pair
+    # the entering state first (one accumulator for h): exp(log_inter - m_t) (C^T q_t, n . q_t)
     acc = tl.zeros((T, BV), dtype=tl.float32)
-    den = tl.zeros((T,), dtype=tl.float32)
+    q_n = tl.zeros((T,), dtype=tl.float32)
+    for start_k in range(0, DQK, BK):
+        dk = start_k + tl.arange(0, BK)
+        mask_k = dk < DQK
+        q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
+        C = tl.load(C_ptr + (bh.to(tl.int64) * NC + chunk) * DQK * DV + dk[:, None] * DV + dv[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        n = tl.load(n_ptr + (bh.to(tl.int64) * (NC + 1) + chunk) * DQK + dk, mask=mask_k, other=0.0)
+        acc += tl.dot(q, C.to(dot_ty), input_precision=PRECISION)
+        q_n += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    inter = tl.exp(log_inter - m_row)
+    acc = acc * inter[:, None]
+    den = inter * q_n
+
+    # pass 2: intra-chunk numerator and denominator, tile pair by tile pair
     R = tl.zeros((), tl.float32)
     for j in range(0, tile - first + 1):
         R, s, log_w = source_tile_log_weights(beta_ptr, i_ptr, doc_ptr, seq, doc_off, tile, tile - j, R, t,
@@ -205,21 +219,6 @@ def _chunk_outputs_kernel(
         acc += tl.dot(weights.to(dot_ty), v, input_precision=PRECISION)
         den += tl.sum(weights, axis=1)
 
-    # the entering state: h_t gets exp(log_inter - m_t) (C^T q_t, n . q_t)
-    q_C = tl.zeros((T, BV), dtype=tl.float32)
-    q_n = tl.zeros((T,), dtype=tl.float32)
-    for start_k in range(0, DQK, BK):
-        dk = start_k + tl.arange(0, BK)
-        mask_k = dk < DQK
-        q = tl.load(q_ptr + (seq + t[:, None]) * DQK + dk[None, :], mask=mask_k[None, :], other=0.0)
-        C = tl.load(C_ptr + (bh.to(tl.int64) * NC + chunk) * DQK * DV + dk[:, None] * DV + dv[None, :],
-                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        n = tl.load(n_ptr + (bh.to(tl.int64) * (NC + 1) + chunk) * DQK + dk, mask=mask_k, other=0.0)
-        q_C += tl.dot(q, C.to(dot_ty), input_precision=PRECISION)
-        q_n += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
-    inter = tl.exp(log_inter - m_row)
-    acc += inter[:, None] * q_C
-    den += inter * q_n
     normalizer = tl.maximum(tl.abs(den), tl.exp(-m_row)) + eps
     h = acc / normalizer[:, None]
     tl.store(h_ptr + (seq + t[:, None]) * DV + dv[None, :], h.to(h_ptr.dtype.element_ty), mask=mask_v[None, :])
@@ -248,7 +247,7 @@ def chunk_states_fw(k, v, i, beta, doc, C0, n0, m0, chunk_size, tile):
     n = kernel_buffer((B, H, NC + 1, Dqk), torch.float32, k.device)
     m = kernel_buffer((B, H, NC + 1), torch.float32, k.device)
     C_final = kernel_buffer((B, H, Dqk, Dv), torch.float32, k.device)
-    cfg = kernel_settings("states", Dqk, Dv)
+    cfg = kernel_settings("states", Dqk, Dv, device_capability(k.device))
     unused = placeholder(k.device)
     grid = (B * H, triton.cdiv(Dqk, cfg.BK), triton.cdiv(Dv, cfg.BV))
     _chunk_states_kernel[grid](
@@ -270,7 +269,7 @@ def chunk_outputs_fw(q, k, v, i, beta, doc, states, chunk_size, tile, eps):
     h = kernel_buffer((B, H, S, Dv), v.dtype, v.device)
     m_row = kernel_buffer((B, H, S), torch.float32, v.device)
     den = kernel_buffer((B, H, S), torch.float32, v.device)
-    cfg = kernel_settings("outputs", Dqk, Dv)
+    cfg = kernel_settings("outputs", Dqk, Dv, device_capability(q.device))
     grid = (B * H, NT, triton.cdiv(Dv, cfg.BV))
     _chunk_outputs_kernel[grid](
         q, k, v, i, beta, placeholder(q.device) if doc is None else doc, C, n, m, h, m_row, den,

@@ -7,7 +7,11 @@ at most the kernel's head tile; dims that are not powers of two are covered by m
 
 `KERNEL_SETTINGS` holds per kernel the head tiles and num_warps / num_stages for the GPU, chosen
 with bench/gpu_compile.py (no register spills, shared memory within the limit at the shipped
-protein shapes); smaller head dims get tiles no larger than the dim.
+protein shapes); smaller head dims get tiles no larger than the dim. The kernels that form a
+score tile (outputs: Q K^T; dq: dH V^T; dkv: V dH^T, K Q^T) own the whole head dim up to 512 in
+one program, so each intra-chunk product is done once per chunk (bench/kernel_work.py counts
+them); on sm_80 (mma.sync needs more registers for the same accumulator) that spills, so there
+`SM80_SETTINGS` caps them at 256 (the product formed twice at head dim 512).
 """
 
 import os
@@ -18,26 +22,38 @@ import triton
 
 # Sequence tile; tests lower it (and MAX_HEAD_TILE) to run several tiles per chunk on small inputs.
 SEQ_TILE = 64
-MAX_HEAD_TILE = 256
+MAX_HEAD_TILE = 512
 MIN_DOT_TILE = 16              # tl.dot needs every dimension >= 16 on the GPU
 
 
 class KernelSettings(NamedTuple):
-    """Head tiles over Dqk (BK) and Dv (BV), and the GPU launch settings of one kernel."""
+    """Head tiles over Dqk (BK) and Dv (BV), the GPU launch settings of one kernel, and (dkv only)
+    the head tile BR its score products are reduced over."""
 
     BK: int
     BV: int
     num_warps: int
     num_stages: int
+    BR: int = 0
 
 
 KERNEL_SETTINGS = {
     "states": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
-    "outputs": KernelSettings(BK=64, BV=128, num_warps=8, num_stages=2),
-    "dq": KernelSettings(BK=128, BV=32, num_warps=8, num_stages=2),
+    "outputs": KernelSettings(BK=32, BV=512, num_warps=8, num_stages=2),
+    "dq": KernelSettings(BK=512, BV=32, num_warps=8, num_stages=2),
     "state_grads": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
-    "dkv": KernelSettings(BK=64, BV=64, num_warps=8, num_stages=2),
+    "dkv": KernelSettings(BK=512, BV=512, num_warps=8, num_stages=2, BR=32),
 }
+SM80_SETTINGS = dict(KERNEL_SETTINGS, **{
+    "outputs": KernelSettings(BK=32, BV=256, num_warps=8, num_stages=2),
+    "dq": KernelSettings(BK=256, BV=32, num_warps=8, num_stages=2),
+    "dkv": KernelSettings(BK=256, BV=256, num_warps=8, num_stages=2, BR=32),
+})
+# Kernels that split their Dqk tile in two halves (dq: q . dq, dkv: k . dk beside half the tile).
+HALVED_DQK_TILE = ("dq", "dkv")
+# The compute capability whose settings a launch on a non-CUDA device gets (the CPU interpreter;
+# meta tensors, with which bench/gpu_compile.py captures launches for each arch it compiles).
+DEFAULT_CAPABILITY = 90
 
 
 def head_tile(dim: int, largest: int) -> int:
@@ -45,10 +61,24 @@ def head_tile(dim: int, largest: int) -> int:
     return max(MIN_DOT_TILE, min(largest, MAX_HEAD_TILE, triton.next_power_of_2(dim)))
 
 
-def kernel_settings(kernel: str, Dqk: int, Dv: int) -> KernelSettings:
-    """Settings of `kernel` for head dims (Dqk, Dv): the table's tiles shrunk to the dims."""
-    base = KERNEL_SETTINGS[kernel]
-    return base._replace(BK=head_tile(Dqk, base.BK), BV=head_tile(Dv, base.BV))
+def device_capability(device) -> int:
+    """10 * major + minor of a CUDA device; DEFAULT_CAPABILITY for any other device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_CAPABILITY
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def kernel_settings(kernel: str, Dqk: int, Dv: int, capability: int = None) -> KernelSettings:
+    """Settings of `kernel` for head dims (Dqk, Dv) on a GPU of compute `capability` (default
+    DEFAULT_CAPABILITY): the table's tiles shrunk to the dims."""
+    capability = DEFAULT_CAPABILITY if capability is None else capability
+    base = (KERNEL_SETTINGS if capability >= 90 else SM80_SETTINGS)[kernel]
+    settings = base._replace(BK=head_tile(Dqk, base.BK), BV=head_tile(Dv, base.BV), BR=head_tile(min(Dqk, Dv), base.BR))
+    if kernel in HALVED_DQK_TILE:            # two halves of at least MIN_DOT_TILE (tests: smaller on the CPU)
+        settings = settings._replace(BK=max(settings.BK, min(2 * MIN_DOT_TILE, MAX_HEAD_TILE)))
+    return settings
 
 
 def seq_tile(chunk_size: int) -> int:

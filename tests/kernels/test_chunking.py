@@ -12,14 +12,21 @@ from mlstm_cases import make_inputs
 
 @pytest.mark.parametrize("Dqk, Dv, expected", [
     (512, 512, 1024),      # Prot-xLSTM-102M: the chunk the paper's code ran
-    (256, 256, 512),       # Prot-xLSTM-26M
-    (128, 128, 256),       # DNA-xLSTM-2M, Chem-xLSTM-15M
-    (1024, 1024, 1024),    # capped
-    (16, 16, 64),          # floor
-    (512, 128, 512),       # 4 * 512 * 128 / 640 = 409.6 -> 512
+    (256, 256, 1024),      # Prot-xLSTM-26M
+    (128, 128, 1024),      # DNA-xLSTM-2M, Chem-xLSTM-15M
+    (64, 64, 1024),        # DNA-xLSTM-500k
+    (16, 16, 1024),        # below the table: its smallest entry
+    (512, 128, 1024),      # the larger dim
 ])
-def test_rule_balances_intra_and_inter_chunk_flops(Dqk, Dv, expected):
+def test_rule_takes_the_chunk_of_lowest_roofline_bound(Dqk, Dv, expected):
     assert choose_chunk_size(Dqk, Dv) == expected
+
+
+def test_table_entries_are_used_by_the_rounded_up_head_dim(monkeypatch):
+    monkeypatch.setattr("kernels.mlstm.chunking.AUTO_CHUNK", {64: 128, 128: 256, 256: 512})
+    assert choose_chunk_size(100, 100) == 256
+    assert choose_chunk_size(16, 16) == 128
+    assert choose_chunk_size(4096, 64) == 512
 
 
 def test_rule_never_exceeds_the_sequence():
@@ -30,7 +37,7 @@ def test_rule_never_exceeds_the_sequence():
 
 def test_an_int_is_kept_and_auto_is_resolved():
     assert resolve_chunk_size(48, 512, 512, 4096) == 48
-    assert resolve_chunk_size("auto", 256, 256, 4096) == 512
+    assert resolve_chunk_size("auto", 256, 256, 4096) == 1024
 
 
 def test_public_op_resolves_auto_before_the_backend(monkeypatch):
@@ -42,10 +49,10 @@ def test_public_op_resolves_auto_before_the_backend(monkeypatch):
 
     monkeypatch.setattr("kernels.mlstm.backends._BACKENDS", dict(kernels.mlstm.backends._BACKENDS))
     kernels.register_mlstm_backend("recording", recording)
-    x = make_inputs(1, 2, 200, 64, 64)                    # auto: 4 * 64 * 64 / 128 = 128
+    x = make_inputs(1, 2, 200, 64, 64)                    # auto: 1024, capped by S = 200 to 256
     kernels.mlstm_chunkwise(*(x[name] for name in "qkvif"), backend="recording")
     kernels.mlstm_chunkwise(*(x[name] for name in "qkvif"), backend="recording", chunk_size=16)
-    assert seen == [128, 16]
+    assert seen == [256, 16]
 
 
 @pytest.mark.parametrize("bad", ["big", 0, -64, 2.5, True])
