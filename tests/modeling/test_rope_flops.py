@@ -46,7 +46,7 @@ def test_rope_cos_sin_equals_float64_cos_sin_cast(dtype, max_position):
 
 def test_flops_hand_count_prot_26m():
     cfg = load_model_config("prot_xlstm_26m")
-    d, inner, H, dh, L = 512, 1024, 4, 256, 512          # chunk_size: auto -> 512 at head dim 256
+    d, inner, H, dh, L = 512, 1024, 4, 256, 1024         # chunk_size: auto -> 1024 at head dim 256 (kernels v3)
     block = (2 * d * 2 * inner + 2 * inner * d + 3 * 2 * inner * 4 + 2 * 2 * 3 * inner * H
              + 2 * 4 * inner + H * (2 * L * dh + 4 * dh * dh))   # cell: causal half of each chunk
     expected = 3 * (16 * block + 2 * d * 38)
