@@ -58,9 +58,9 @@ def test_demo_beats_the_unigram_baseline_for_every_modality(demo):
         evals = read_metrics(out / modality / "run", "eval")
         assert evals and evals[-1]["step"] == DEMO_STEPS and 0 < evals[-1]["eval_share"] < 1
         assert f"report {out / modality / 'run' / 'eval' / 'eval.md'}" in result.stdout
+        assert list((out / modality / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "protein" / "run" / "eval" / "protein_icl_curve.png").is_file()
     assert (out / "molecules" / "run" / "eval" / "chem_domains_fcd.png").is_file()
-        assert list((out / modality / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_fork_from_another_runs_checkpoint_at_a_later_stage(demo, tmp_path):
