@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tqdm import tqdm
+from data_pipeline.build_progress import build_progress
 
 from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import ConfigError
@@ -42,8 +42,8 @@ def dna_samples(inputs: list[str], window_len: int = 32768, min_window_len: int 
     tokenizer = DNATokenizer(unknown=unknown)
     samples: list[Sample] = []
     stats = {"records": 0, "bases": 0, "n_run_bases": 0, "dropped_short_bases": 0}
-    bar = tqdm(total=sum(Path(p).stat().st_size for p in inputs), desc="reading FASTA",
-               unit="B", unit_scale=True, disable=not progress)
+    bar = build_progress(sum(Path(p).stat().st_size for p in inputs), "reading FASTA", "B",
+                         disable=not progress)
     for path in inputs:
         for record in read_fasta(path):
             stats["records"] += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tqdm import tqdm
+from data_pipeline.build_progress import track
 
 from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
@@ -66,8 +66,8 @@ def molecule_samples(inputs: list[str], min_domain_size: int = 2, max_molecules:
     seen = invalid = 0
     invalid_examples = []
     for path in inputs:
-        for number, smiles, domain in tqdm(_rows(path), desc=f"reading {Path(path).name}",
-                                           unit="mol", disable=not progress):
+        for number, smiles, domain in track(_rows(path), f"reading {Path(path).name}", "mol",
+                                            disable=not progress):
             if max_molecules is not None and seen >= max_molecules:
                 break
             seen += 1

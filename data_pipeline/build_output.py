@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from data_pipeline.build_progress import build_progress
 
 from data_pipeline.errors import BuildWriteError, InputFormatError, OutputExistsError
 from data_pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SPLITS, write_manifest
@@ -138,8 +138,7 @@ def write_build(out_dir: str | Path, modality: str, samples: list[Sample], token
     refuse_finished_build(out)
     created_dirs = _missing_dirs(out)
     written: list[Path] = []
-    bar = tqdm(total=len(samples), desc=f"writing {modality} shards", unit="sample",
-               disable=not progress)
+    bar = build_progress(len(samples), f"writing {modality} shards", "sample", disable=not progress)
     try:
         prepare_out_dir(out)
         manifest = _write_shards(out, modality, samples, tokenizer, build_args, stats, val_fraction,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
+from data_pipeline.build_progress import track
 
 from data_pipeline.build_output import Sample, refuse_finished_build, require_samples, write_build
 from data_pipeline.errors import InputFormatError
@@ -44,8 +44,7 @@ def cluster_samples(fasta_paths: list[str], cluster_table: str, unknown: str = "
     sequences: dict[str, str] = {}
     names_in_order: list[str] = []
     for path in fasta_paths:
-        for record in tqdm(read_fasta(path), desc=f"reading {Path(path).name}", unit="seq",
-                           disable=not progress):
+        for record in track(read_fasta(path), f"reading {Path(path).name}", "seq", disable=not progress):
             normalized = _normalize(tokenizer, record.sequence, unknown, record.where)
             names_in_order.append(record.name)
             for key in accession_keys(record.name):
@@ -86,7 +85,7 @@ def family_samples(paths: list[str], unknown: str = "error", min_members: int = 
         path = Path(path)
         files.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
     samples = []
-    for path in tqdm(files, desc="reading families", unit="file", disable=not progress):
+    for path in track(files, "reading families", "file", total=len(files), disable=not progress):
         records = read_family_file(path)
         members = [_normalize(tokenizer, r.sequence, unknown, r.where) for r in records]
         if len(members) >= min_members:
