@@ -342,8 +342,12 @@ def teardown_distributed(engine=None) -> None:
         steps.callback(_destroy_torch_groups)
         steps.callback(_destroy_deepspeed_groups)
         steps.callback(_destroy_megatron_groups)
-        if engine is not None and hasattr(engine, "destroy"):
-            steps.callback(engine.destroy)
+        steps.callback(_destroy_engine, engine)
+
+
+def _destroy_engine(engine) -> None:
+    if engine is not None and hasattr(engine, "destroy"):
+        engine.destroy()
 
 
 def _destroy_megatron_groups() -> None:
@@ -375,17 +379,22 @@ class ProcessGroupSession(contextlib.ExitStack):
 def process_group_session(join_timeout_s: float = THREAD_JOIN_TIMEOUT_S):
     """Run a training / evaluation / build entry so that, whether it returns, is preempted or
     raises: its registered resources are closed, the process groups it created are destroyed
-    (`teardown_distributed`), and the threads it started are joined (at most `join_timeout_s`
+    (`teardown_distributed`; groups that existed before the session are left to their
+    owner), and the threads it started are joined (at most `join_timeout_s`
     in all; one still running is named on stderr, since it would block or abort the exit).
     The entry's own exception, if any, is what propagates."""
     threads_before = set(threading.enumerate())
+    caller_owns_groups = dist.is_available() and dist.is_initialized()
     session = ProcessGroupSession()
     try:
         with session:
             yield session
     finally:
         try:
-            teardown_distributed(session.engine)
+            if caller_owns_groups:       # groups made by the caller are the caller's to destroy
+                _destroy_engine(session.engine)
+            else:
+                teardown_distributed(session.engine)
         finally:
             join_threads_started_since(threads_before, join_timeout_s)
 
