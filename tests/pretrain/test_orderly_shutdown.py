@@ -8,6 +8,7 @@ real rank processes, each printing its state after `main` returned or raised.
 """
 import ast
 import threading
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import torch.distributed as dist
 import yaml
 
 from trainer_processes import REPO, read_logs, run_ranks
+
+from pretrain.environment import read_environment_reports
 
 # Runs `main` of the trainer, then prints what is left of the distributed state and the threads.
 REPORT_AFTER_MAIN = ("import sys, threading, torch.distributed as _d, pretrain.train as _t\n"
@@ -91,6 +94,8 @@ def test_a_single_process_run_tears_down_on_every_exit_path(ending, shards, tmp_
     assert distributed_state() == (False, False, False)
     assert [t.name for t in threading.enumerate() if t not in threads_before] == []
     assert any((tmp_path / "run" / "tensorboard").iterdir())     # the writer thread existed and wrote
+    [report] = read_environment_reports(tmp_path / "run")         # the run's copy of `bioxlstm env`
+    assert report["packages"]["torch"] == metadata.version("torch") and report["problems"] == []
 
 
 @pytest.mark.slow
