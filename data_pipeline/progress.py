@@ -95,13 +95,13 @@ class Progress:
             self._bar.set_postfix(self.postfix, refresh=refresh)
 
     def write(self, message: str) -> None:
-        """A message line that does not break the bar (tqdm.write on a terminal)."""
-        if self.disable:
-            return
+        """A message line that does not break the bar; printed even when the display is
+        disabled, and to stdout unless a `file` was given, as tqdm.write does."""
+        stream = self.file if self.file is not None else sys.stdout
         if self._bar is not None:
-            self._bar.write(message, file=self._stream())
+            self._bar.write(message, file=stream)
         else:
-            print(message, file=self._stream(), flush=True)
+            print(message, file=stream, flush=True)
 
     def format_line(self) -> str:
         """The plain line: the same figures as the live bar, without the bar itself."""
