@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                                             "them, and any combination known not to work (exit 1 then). Every "
                                             "run appends the same report to <run>/environment.jsonl.")
     env.add_argument("--json", action="store_true", help="print the report as JSON")
+    env.add_argument("--no-kernel-check", action="store_true",
+                     help="skip compiling and running the Triton kernels on each GPU (or in the CPU interpreter "
+                          "when TRITON_INTERPRET=1) against the float64 reference")
     env.set_defaults(handler=_run_env)
 
 
@@ -47,7 +50,7 @@ def _run_train(args) -> int:
 def _run_env(args) -> int:
     from pretrain.environment import print_environment
 
-    return print_environment(as_json=args.json)
+    return print_environment(as_json=args.json, check_kernels=not args.no_kernel_check)
 
 
 def _run_demo(args) -> int:

@@ -41,23 +41,68 @@ def _release(version: Optional[str]) -> tuple:
     return Version(version).release if version else ()
 
 
-def gpu_report() -> list[dict]:
-    """The CUDA devices torch sees, and whether the Triton kernels target them."""
+def kernel_check(device: str) -> str:
+    """Compile and run the Triton mLSTM kernels on `device` ("cuda:N", or "cpu" under
+    TRITON_INTERPRET=1) on a small case, forward and backward, against the float64 reference
+    (bf16 on a GPU as in training: 2e-2; fp32 in the interpreter: 1e-4). A verdict line."""
+    import torch
+
+    from kernels import mlstm_chunkwise
+
+    started = time.monotonic()
+    dtype, tolerance = (torch.bfloat16, 2e-2) if device.startswith("cuda") else (torch.float32, 1e-4)
+    generator = torch.Generator().manual_seed(int(time.time()))
+    shapes = [(1, 2, 128, 64)] * 3 + [(1, 2, 128)] * 2
+    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    # both backends see the same values: q, k, v as representable in `dtype`, gates in fp32
+    inputs = [x.to(dtype if n < 3 else torch.float32).double() for n, x in enumerate(inputs)]
+    cotangent = torch.randn(shapes[2], generator=generator, dtype=torch.float64).to(device)
+    try:
+        results = []
+        for backend, qkv_dtype, gate_dtype in (("triton", dtype, torch.float32),
+                                               ("reference", torch.float64, torch.float64)):
+            leaves = [x.to(device, qkv_dtype if n < 3 else gate_dtype).detach().clone().requires_grad_()
+                      for n, x in enumerate(inputs)]
+            h = mlstm_chunkwise(*leaves, backend=backend, chunk_size=64)
+            (h.double() * cotangent).sum().backward()
+            results.append([h.detach().double().cpu()] + [x.grad.double().cpu() for x in leaves])
+        for name, got, want in zip(("h", "dq", "dk", "dv", "di", "df"), *results):
+            error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+            if not error <= tolerance:
+                return f"FAILED: {name} differs from the float64 reference by {error:.1e} (relative, > {tolerance})"
+    except Exception as error:  # noqa: BLE001 - the verdict is the report's content
+        first = (str(error).strip().splitlines() or [""])[0]
+        return f"FAILED: {type(error).__name__}: {first[:200]}"
+    return (f"compile and run: forward+backward match the float64 reference "
+            f"({'bf16' if dtype == torch.bfloat16 else 'fp32'}, {time.monotonic() - started:.1f} s)")
+
+
+def gpu_report(check_kernels: bool = False) -> list[dict]:
+    """The CUDA devices torch sees, and whether the Triton kernels compile and run on each
+    (`check_kernels`; else only whether the device is new enough for them)."""
     import torch
 
     gpus = []
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         major, minor = torch.cuda.get_device_capability(index)
-        supported = (major, minor) >= MIN_KERNEL_CAPABILITY
+        if (major, minor) < MIN_KERNEL_CAPABILITY:
+            verdict = "not supported: the kernels need sm_80 or newer (bf16 tensor cores)"
+        else:
+            verdict = kernel_check(f"cuda:{index}") if check_kernels else "sm_80 or newer (not compiled here)"
         gpus.append({"index": index, "name": torch.cuda.get_device_name(index), "capability": f"sm_{major}{minor}",
-                     "kernels": "compile (sm_80 or newer)" if supported else
-                     "not supported: the kernels need sm_80 or newer (bf16 tensor cores)"})
+                     "kernels": verdict})
     return gpus
 
 
-def environment_report() -> dict:
-    """Versions, GPUs and the Triton kernels' verdict, as a JSON-ready dict. Imports torch."""
+def environment_report(check_kernels: bool = False) -> dict:
+    """Versions, GPUs and the Triton kernels' verdict, as a JSON-ready dict. Imports torch.
+    `check_kernels` compiles and runs them on each GPU, or in the CPU interpreter when there is
+    none and TRITON_INTERPRET=1 (a few seconds; `bioxlstm env` does, a run's start does not)."""
     import torch
+
+    interpreted = None
+    if check_kernels and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        interpreted = kernel_check("cpu")
 
     nccl = None
     if torch.cuda.is_available() and torch.distributed.is_nccl_available():
@@ -72,7 +117,8 @@ def environment_report() -> dict:
         "torch_cuda": torch.version.cuda,
         "nccl": nccl,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
-        "gpus": gpu_report(),
+        "gpus": gpu_report(check_kernels),
+        "kernels_interpreted": interpreted,
         "problems": known_problems(),
     }
 
@@ -89,10 +135,12 @@ def format_report(report: dict) -> str:
         for gpu in report["gpus"]:
             lines.append(f"gpu {gpu['index']}: {gpu['name']} ({gpu['capability']}); Triton kernels: {gpu['kernels']}")
     else:
-        interpret = report["triton_interpret"] == "1"
-        lines.append("gpus: none; Triton kernels: " + ("run in the CPU interpreter (TRITON_INTERPRET=1)" if interpret
-                     else "not checked for a GPU (`python bench/gpu_compile.py --archs 90 --check` compiles "
-                          "them for sm_90 without one)"))
+        if report.get("kernels_interpreted"):
+            kernels = f"in the CPU interpreter (TRITON_INTERPRET=1): {report['kernels_interpreted']}"
+        else:
+            kernels = ("not checked (no GPU; `python bench/gpu_compile.py --archs 90 --check` compiles them for "
+                       "sm_90 without one, TRITON_INTERPRET=1 runs them on the CPU)")
+        lines.append(f"gpus: none; Triton kernels: {kernels}")
     lines += [f"problem: {problem}" for problem in report["problems"]] or ["problems: none known"]
     return "\n".join(lines)
 
@@ -149,9 +197,11 @@ def read_environment_reports(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def print_environment(as_json: bool = False) -> int:
-    """`bioxlstm env`: the report on stdout; exit 1 when a known problem was found."""
-    report = environment_report()
+def print_environment(as_json: bool = False, check_kernels: bool = True) -> int:
+    """`bioxlstm env`: the report on stdout; exit 1 when a known problem was found or the
+    kernel check failed."""
+    report = environment_report(check_kernels)
     print(json.dumps(report, indent=2, sort_keys=True) if as_json else format_report(report))
     sys.stdout.flush()
-    return 1 if report["problems"] else 0
+    verdicts = [gpu["kernels"] for gpu in report["gpus"]] + [report["kernels_interpreted"] or ""]
+    return 1 if report["problems"] or any(v.startswith("FAILED") for v in verdicts) else 0

@@ -36,9 +36,10 @@ def test_bioxlstm_env_names_every_version_and_the_gpus():
     if torch.cuda.is_available():
         assert "gpu 0: " in out
     else:
-        assert "gpus: none; Triton kernels: run in the CPU interpreter (TRITON_INTERPRET=1)" in out
+        assert ("gpus: none; Triton kernels: in the CPU interpreter (TRITON_INTERPRET=1): compile and run: "
+                "forward+backward match the float64 reference (fp32") in out
     assert out.rstrip().endswith("problems: none known")
-    report = json.loads(run_env("--json").stdout)
+    report = json.loads(run_env("--json", "--no-kernel-check").stdout)
     assert report["packages"]["deepspeed"] == metadata.version("deepspeed")
     assert report["problems"] == []
 
@@ -82,3 +83,19 @@ def test_preflight_refuses_a_known_bad_combination_with_one_line():
     assert SoftwareEnvironmentError.user_facing
     preflight.check_software([])                                # nothing known: passes
     preflight.check_software()                                  # this environment (CI's): passes
+
+
+def test_the_kernel_check_catches_a_kernel_that_is_off(monkeypatch):
+    import kernels
+    from pretrain.environment import kernel_check
+
+    assert kernel_check("cpu").startswith("compile and run")          # TRITON_INTERPRET=1 (conftest)
+    real = kernels.mlstm_chunkwise
+
+    def off_by_a_percent(*args, backend="auto", **kwargs):
+        h = real(*args, backend=backend, **kwargs)
+        return h * 1.01 if backend == "triton" else h
+
+    monkeypatch.setattr(kernels, "mlstm_chunkwise", off_by_a_percent)
+    verdict = kernel_check("cpu")
+    assert verdict.startswith("FAILED: h differs from the float64 reference by 1.0e-02"), verdict
