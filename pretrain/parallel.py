@@ -386,15 +386,22 @@ def process_group_session(join_timeout_s: float = THREAD_JOIN_TIMEOUT_S):
     threads_before = set(threading.enumerate())
     caller_owns_groups = dist.is_available() and dist.is_initialized()
     session = ProcessGroupSession()
+    failed = True
     try:
         with session:
             yield session
+        failed = False
     finally:
         try:
             if caller_owns_groups:       # groups made by the caller are the caller's to destroy
                 _destroy_engine(session.engine)
             else:
                 teardown_distributed(session.engine)
+        except Exception as error:  # noqa: BLE001 - after an error, that error is the one to report
+            if not failed:
+                raise
+            print(f"warning: the teardown after the error failed as well: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
         finally:
             join_threads_started_since(threads_before, join_timeout_s)
 
