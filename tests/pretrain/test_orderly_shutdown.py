@@ -116,3 +116,19 @@ def test_two_gloo_ranks_tear_down_on_every_exit_path(ending, zero_stage, preambl
         assert "terminate called" not in text
     if ending == "error":
         assert "injected failure at step 2" in (logs / "rank0.log").read_text()
+
+
+def test_a_session_leaves_a_group_its_caller_created_and_joins_its_own_threads():
+    from pretrain.parallel import process_group_session
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        release = threading.Event()
+        with process_group_session(join_timeout_s=30) as session:
+            worker = threading.Thread(target=release.wait, name="session-worker")
+            worker.start()
+            session.callback(release.set)               # closed first, so the join finds it ending
+        assert not worker.is_alive()
+        assert dist.is_initialized()                    # the caller's group: the caller destroys it
+    finally:
+        dist.destroy_process_group()
