@@ -180,11 +180,15 @@ def known_problems(versions: Optional[dict] = None, environ: Optional[dict] = No
 
 
 def write_environment_report(run_dir: str | Path, report: Optional[dict] = None) -> Path:
-    """Append this start's report to `<run_dir>/environment.jsonl` (one JSON line per start)."""
+    """Append this start's report to `<run_dir>/environment.jsonl` (one JSON line per start);
+    a known problem is also printed as a warning (the launchers refuse it before starting)."""
+    report = report or environment_report()
+    for problem in report["problems"]:
+        print(f"warning: {problem}", file=sys.stderr, flush=True)
     path = Path(run_dir) / ENVIRONMENT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        handle.write(json.dumps(report or environment_report(), sort_keys=True) + "\n")
+        handle.write(json.dumps(report, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     return path
