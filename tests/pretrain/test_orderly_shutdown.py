@@ -70,7 +70,7 @@ def distributed_state() -> tuple:
 
 
 @pytest.mark.parametrize("ending", ["done", "preempted", "error"])
-def test_a_single_process_run_tears_down_on_every_exit_path(ending, shards, tmp_path, monkeypatch):
+def test_a_single_process_run_tears_down_on_every_exit_path(ending, shards, tmp_path, monkeypatch, capsys):
     import pretrain.preemption
     import pretrain.train
     from pretrain.config import load_run_config
@@ -83,7 +83,7 @@ def test_a_single_process_run_tears_down_on_every_exit_path(ending, shards, tmp_
             raise RuntimeError("injected failure")
         monkeypatch.setattr(pretrain.train, "_skip_verdict", fail)
     threads_before = set(threading.enumerate())
-    cfg = load_run_config(str(config), [])
+    cfg = load_run_config(str(config), ["train.progress=true", "train.progress_interval_s=0.001"])
     if ending == "error":
         with pytest.raises(RuntimeError, match="injected failure"):
             pretrain.train.run_training(cfg)
@@ -94,6 +94,9 @@ def test_a_single_process_run_tears_down_on_every_exit_path(ending, shards, tmp_
     assert distributed_state() == (False, False, False)
     assert [t.name for t in threading.enumerate() if t not in threads_before] == []
     assert any((tmp_path / "run" / "tensorboard").iterdir())     # the writer thread existed and wrote
+    err = capsys.readouterr().err                                 # not a terminal: plain progress lines
+    last_line = {"done": "train: 3/3 step (100%)", "preempted": "train: 1/3 step (33%)", "error": "train: 0/3 step (0%)"}
+    assert "\r" not in err and last_line[ending] in err.splitlines()[-1]   # the closing line, on every path
     [report] = read_environment_reports(tmp_path / "run")         # the run's copy of `bioxlstm env`
     assert report["packages"]["torch"] == metadata.version("torch") and report["problems"] == []
 
