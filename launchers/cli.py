@@ -109,6 +109,7 @@ def _launch_slurm(args: argparse.Namespace) -> int:
     from launchers.stage_groups import StageGroup, build_stage_groups, parse_time_minutes
 
     partition = preflight.check_partition(args.partition)
+    preflight.check_software()
     _check_at_least(1, nodes=args.nodes, gpus_per_node=args.gpus_per_node, signal_delay_s=args.signal_delay_s)
     _check_at_least(0, max_retries=args.max_retries, max_timeouts=args.max_timeouts)
     time_min = parse_time_minutes(args.time)
@@ -156,6 +157,7 @@ def _launch_local(args: argparse.Namespace) -> int:
     from launchers.run_plan import load_run_plan
 
     _check_at_least(1, nproc=args.nproc)
+    preflight.check_software()
     plan = load_run_plan(args.config, args.overrides)
     preflight.check_parallel_layout(args.nproc, plan.context_parallel_size, f"--nproc {args.nproc}")
     preflight.check_writable(plan.run_dir)

@@ -28,6 +28,10 @@ class HostlistError(LaunchError):
     """SLURM_JOB_NODELIST (or another SLURM variable) cannot be interpreted."""
 
 
+class SoftwareEnvironmentError(LaunchError):
+    """The installed versions form a combination known not to work (pretrain.environment)."""
+
+
 class SlurmEnvironmentError(LaunchError):
     """A task was started outside SLURM or without the variables a distributed run needs."""
 

@@ -8,10 +8,22 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from launchers.errors import LaunchOptionError, OutputDirError, ParallelLayoutError
+from launchers.errors import LaunchOptionError, OutputDirError, ParallelLayoutError, SoftwareEnvironmentError
 
 # Keys that only say when to stop, not what is trained: chained stage jobs set train.max_steps.
 STOP_ONLY_KEYS = ("train.max_steps",)
+
+
+def check_software(problems: list[str] | None = None) -> None:
+    """Refuse a combination of installed versions known not to work (the first one found; `bioxlstm
+    env` lists them all). `problems` defaults to this environment's."""
+    if problems is None:
+        from pretrain.environment import known_problems
+
+        problems = known_problems()
+    if problems:
+        more = f" (and {len(problems) - 1} more: bioxlstm env)" if len(problems) > 1 else ""
+        raise SoftwareEnvironmentError(problems[0] + more)
 
 
 def check_partition(partition: str | None) -> str:

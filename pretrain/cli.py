@@ -29,12 +29,28 @@ def register(subparsers) -> None:
                                  description=add_demo_arguments.__doc__)
     add_demo_arguments(demo)
     demo.set_defaults(handler=_run_demo)
+    env = subparsers.add_parser("env", help="versions, GPUs and known problems of this environment",
+                                description="Print the versions of Python, torch (CUDA, NCCL), Triton, DeepSpeed, "
+                                            "megatron-core, the GPUs seen and whether the Triton kernels target "
+                                            "them, and any combination known not to work (exit 1 then). Every "
+                                            "run appends the same report to <run>/environment.jsonl.")
+    env.add_argument("--json", action="store_true", help="print the report as JSON")
+    env.add_argument("--no-kernel-check", action="store_true",
+                     help="skip compiling and running the Triton kernels on each GPU (or in the CPU interpreter "
+                          "when TRITON_INTERPRET=1) against the float64 reference")
+    env.set_defaults(handler=_run_env)
 
 
 def _run_train(args) -> int:
     from pretrain.train import run_from_args
 
     return run_from_args(args)
+
+
+def _run_env(args) -> int:
+    from pretrain.environment import print_environment
+
+    return print_environment(as_json=args.json, check_kernels=not args.no_kernel_check)
 
 
 def _run_demo(args) -> int:

@@ -64,7 +64,8 @@ class TrainConfig:
     tensorboard: bool = True
     peak_tflops: Optional[float] = None  # per device, for MFU; None = 989 (H100 bf16) on GPU, no MFU on CPU
     record_samples: bool = False         # write the sample keys every rank trains on (data audit)
-    progress: bool = True                # tqdm progress bar on rank 0
+    progress: bool = True                # progress on rank 0: a live bar on a terminal, else plain lines
+    progress_interval_s: Optional[float] = None   # plain-line interval; None = $BIOXLSTM_PROGRESS_INTERVAL_S or 60
     # A collective that waits longer than this for a peer fails the rank, so a dead or hung peer
     # never hangs the others forever. Above the longest legitimate wait (rank 0 hashing a big
     # checkpoint for its manifest while the others wait at the barrier); 600 s is NCCL's default.
@@ -286,6 +287,8 @@ def validate_run_config(cfg: RunConfig, source: str = "config") -> None:
     for key in ("grad_accum", "keep_checkpoints", "log_every", "max_bad_steps"):
         if getattr(t, key) < 1:
             bad(f"train.{key}", "must be >= 1")
+    if t.progress_interval_s is not None and not 0 < t.progress_interval_s < float("inf"):
+        bad("train.progress_interval_s", "must be a number of seconds > 0 or null (e.g. 60)")
     if t.max_steps is not None and t.max_steps < 1:
         bad("train.max_steps", "must be >= 1 or null")
     if not t.out_dir:

@@ -205,9 +205,9 @@ def _write_fasta(path: str, records: list[tuple[str, str]]) -> None:
 
 
 def _progress(items, desc: str):
-    from tqdm import tqdm
+    from data_pipeline.build_progress import track
 
-    return tqdm(items, desc=desc, unit="seq", disable=len(items) < 2, file=sys.stderr)
+    return track(items, desc, "seq", total=len(items), enabled=len(items) >= 2)
 
 
 # ---- score --------------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ Each CP rank holds one contiguous slice of the sequence (`split_sequence_for_cp`
 Megatron's load-balanced 2 x CP layout, because recurrent state passing needs slices in order.
 """
 
+import contextlib
 import os
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -315,3 +319,105 @@ def initialize_parallel(context_parallel_size: int = 1, backend: Optional[str] =
 
 def _divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# ---------------------------------------------------------------------------- orderly shutdown
+#
+# A process that leaves its process groups to interpreter exit leaves gloo / NCCL / TCPStore
+# C++ threads to static destruction, where a joinable std::thread aborts the process (SIGABRT,
+# "terminate called without an active exception", seen after a finished ZeRO-3 resume:
+# tests/RELIABILITY.md). Every entry that creates process groups runs inside
+# `process_group_session()`, which tears them down on every exit path.
+
+THREAD_JOIN_TIMEOUT_S = 10.0
+
+
+def teardown_distributed(engine=None) -> None:
+    """Release what a run set up, innermost first: the DeepSpeed engine (its ZeRO hooks and
+    buffers), megatron-core's model-parallel groups, DeepSpeed's references to the groups, and
+    torch's default group with every subgroup. Idempotent; a no-op when nothing was set up (also
+    imports nothing that is not already loaded)."""
+    # each step runs even if an earlier one failed; the first failure is raised at the end
+    with contextlib.ExitStack() as steps:
+        steps.callback(_destroy_torch_groups)
+        steps.callback(_destroy_deepspeed_groups)
+        steps.callback(_destroy_megatron_groups)
+        steps.callback(_destroy_engine, engine)
+
+
+def _destroy_engine(engine) -> None:
+    if engine is not None and hasattr(engine, "destroy"):
+        engine.destroy()
+
+
+def _destroy_megatron_groups() -> None:
+    ps = sys.modules.get("megatron.core.parallel_state")
+    if ps is not None and ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+
+
+def _destroy_deepspeed_groups() -> None:
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()      # torch's destroy, plus DeepSpeed's group references
+
+
+def _destroy_torch_groups() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ProcessGroupSession(contextlib.ExitStack):
+    """What `process_group_session()` yields: an ExitStack for the run's own resources
+    (`closing(metrics)`, `callback(fn)`), closed before the groups are destroyed, and `engine`,
+    set by the entry once it has one so that it is destroyed first."""
+
+    engine: Any = None
+
+
+@contextlib.contextmanager
+def process_group_session(join_timeout_s: float = THREAD_JOIN_TIMEOUT_S):
+    """Run a training / evaluation / build entry so that, whether it returns, is preempted or
+    raises: its registered resources are closed, the process groups it created are destroyed
+    (`teardown_distributed`; groups that existed before the session are left to their
+    owner), and the threads it started are joined (at most `join_timeout_s`
+    in all; one still running is named on stderr, since it would block or abort the exit).
+    The entry's own exception, if any, is what propagates."""
+    threads_before = set(threading.enumerate())
+    caller_owns_groups = dist.is_available() and dist.is_initialized()
+    session = ProcessGroupSession()
+    failed = True
+    try:
+        with session:
+            yield session
+        failed = False
+    finally:
+        try:
+            if caller_owns_groups:       # groups made by the caller are the caller's to destroy
+                _destroy_engine(session.engine)
+            else:
+                teardown_distributed(session.engine)
+        except Exception as error:  # noqa: BLE001 - after an error, that error is the one to report
+            if not failed:
+                raise
+            print(f"warning: the teardown after the error failed as well: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
+        finally:
+            join_threads_started_since(threads_before, join_timeout_s)
+
+
+def join_threads_started_since(threads_before: set, timeout_s: float) -> list:
+    """Join the threads that are alive now but were not in `threads_before`; returns (and
+    reports on stderr) the ones still alive after `timeout_s` in all."""
+    deadline = time.monotonic() + timeout_s
+    left = []
+    for thread in threading.enumerate():
+        if thread in threads_before or thread is threading.current_thread():
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            left.append(thread)
+    if left:
+        names = ", ".join(f"{t.name}{' (daemon)' if t.daemon else ''}" for t in left)
+        print(f"warning: threads still running after the run's teardown: {names}", file=sys.stderr, flush=True)
+    return left

@@ -57,6 +57,15 @@ class TrainingResult:
 
 
 def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int] = None) -> TrainingResult:
+    """`_run_training` inside a process-group session: whatever way it ends (done, preempted,
+    error), the process groups are destroyed and its threads joined (pretrain/parallel.py)."""
+    from pretrain.parallel import process_group_session
+
+    with process_group_session() as session:
+        return _run_training(cfg, fork_from, fork_stage, session)
+
+
+def _run_training(cfg, fork_from: Optional[str], fork_stage: Optional[int], session) -> TrainingResult:
     """Train `cfg` (a RunConfig) to the end of its curriculum, resuming from `latest` if present.
 
     `fork_from` starts a new run from another run's checkpoint (weights, optimizer state);
@@ -66,17 +75,18 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     import os
 
     import torch
-    from tqdm import tqdm
 
     os.environ.setdefault("LOCAL_RANK", "0")            # DeepSpeed asserts it; unset in a single process
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
 
     from data_pipeline.loader import build_loader
+    from data_pipeline.progress import Progress
     from modeling import build_model, flops_per_token
     from pretrain import preemption
     from pretrain.checkpoint import CheckpointManager, read_latest_tag
     from pretrain.curriculum import Curriculum
+    from pretrain.environment import write_environment_report
     from pretrain.engine import build_engine, set_learning_rate, set_stage_batch, summed_token_loss
     from pretrain.in_training_eval import InTrainingEvaluator
     from pretrain.metrics import MetricsLogger, SampleRecorder
@@ -98,6 +108,7 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
     first = curriculum.stages[0]
     engine, ds_config = build_engine(build_model(cfg.model), cfg.train, parallel,
                                      first.micro_batch_size, first.grad_accum)
+    session.engine = engine                             # destroyed at the session's end
     checkpoints = CheckpointManager(run_dir / "checkpoints", parallel.rank, cfg.train.keep_checkpoints)
     state = TrainState(rank=parallel.rank, world_size=parallel.world_size, config_hash=cfg.config_hash(),
                        model_config=cfg.model.to_dict())
@@ -105,14 +116,17 @@ def run_training(cfg, fork_from: Optional[str] = None, fork_stage: Optional[int]
                          fork_from, fork_stage)
     if parallel.rank == 0:
         cfg.save(run_dir)      # after the checkpoint was accepted: a refused config overwrites nothing
+        write_environment_report(run_dir)
     last_step = curriculum.total_steps if cfg.train.max_steps is None else min(curriculum.total_steps,
                                                                                cfg.train.max_steps)
     metrics = MetricsLogger(run_dir, parallel.rank, cfg.train.tensorboard, state.step, None,
                             cfg.train.peak_tflops, parallel.world_size)
     samples = SampleRecorder(run_dir, parallel.rank, cfg.train.record_samples, state.step)
     cp_group = parallel.cp_group if parallel.cp_size > 1 else None
-    bar = tqdm(total=last_step, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=parallel.rank != 0 or not cfg.train.progress)
+    bar = Progress(total=last_step, initial=state.step, desc="train", unit="step",
+                   disable=parallel.rank != 0 or not cfg.train.progress, interval_s=cfg.train.progress_interval_s)
+    session.callback(metrics.close)
+    session.callback(bar.close)
     plan, loader, batches, stopped = None, None, None, False
     evaluator = InTrainingEvaluator(cfg, parallel, run_dir)
     bad_steps, checkpoint_due = BadStepCounter(cfg.train.max_bad_steps, state.bad_steps_in_a_row), False

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with its test extras. Idempotent.
-# torch is pinned to the CPU build that pip finds locally; on a GPU machine install the CUDA
-# build of torch first and this script keeps it.
+# Create .venv (if missing) and install the project with its test extras at the exact versions
+# of constraints.txt (what CI runs). Idempotent. torch==2.13.0 there is matched by the CPU build
+# pip finds locally (find-links); to keep a CUDA torch of another version, install into that
+# environment with `pip install -e .[dev]` instead (README, "Install into an existing environment").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -9,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 echo "environment ready: $(pwd)/.venv"
