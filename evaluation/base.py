@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from evaluation.errors import EvaluationError
-from evaluation.stats import Figure
 
 
 @dataclass

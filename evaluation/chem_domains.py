@@ -84,7 +84,7 @@ class ChemDomainsSuite(Suite):
         needed = max(sizes["ks"]) + 2
         domains = require_domain_sizes(
             read_domains(data), needed, sizes["skip_small_domains"],
-            f"pass smaller ks (options ks=...), drop the domain, or set option skip_small_domains=true")
+            "pass smaller ks (options ks=...), drop the domain, or set option skip_small_domains=true")
         if sizes["max_domains"] is not None:
             domains = domains[:int(sizes["max_domains"])]
         if not domains:

@@ -17,7 +17,6 @@ real bases and no padding is ever scored. Figures:
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import torch
 
 from evaluation.base import Suite, SuiteResult, Table, WorkUnit
 from evaluation.families import load_families

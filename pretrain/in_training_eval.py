@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 EVAL_DIR = "eval"

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 from scipy import linalg
@@ -14,14 +13,6 @@ from evaluation import chem_metrics as m
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chem"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """ChemNet on small batches: two threads only contend on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fixture(name, count):
