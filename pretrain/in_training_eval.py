@@ -14,6 +14,7 @@ Cost: an evaluation due every `eval.every` steps is skipped while evaluation has
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -57,7 +58,12 @@ class InTrainingEvaluator:
 
     def run(self, engine, step: int, stage_index: int) -> dict:
         """Evaluate the engine's current weights; returns the flat figures (on rank 0; the other
-        ranks' records are not logged)."""
+        ranks' records are not logged). The training's random states (torch, Python, NumPy) are
+        left as they were, so an evaluation never changes what training does next."""
+        with random_states_kept(engine.device):
+            return self._run(engine, step, stage_index)
+
+    def _run(self, engine, step: int, stage_index: int) -> dict:
         from evaluation.report import flat_figures, write_report
         from evaluation.runner import make_suites, run_suites
 
@@ -93,6 +99,25 @@ class InTrainingEvaluator:
         model = model.to(engine.device).eval()
         tokenizer = load_tokenizer(read_manifest(Path(self.cfg.data.shards))["tokenizer"])
         return BioXLSTM(model, self.cfg.model, tokenizer, engine.device)
+
+
+@contextlib.contextmanager
+def random_states_kept(device):
+    """Restore the global torch (CPU and this CUDA device), Python and NumPy random states on exit
+    (building the evaluation model draws initial weights from them)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = [device] if getattr(device, "type", str(device)) == "cuda" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def full_state_dict(module, zero_stage: int) -> dict:

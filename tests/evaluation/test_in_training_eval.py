@@ -84,3 +84,21 @@ def test_an_unknown_or_foreign_suite_in_the_run_config_is_refused_at_load(tmp_pa
         load_run_config(path, ["eval.suites=[dna-lm]"])
     with pytest.raises(ConfigError, match=r"eval.options: expected a mapping"):
         load_run_config(path, ["eval.options=3"])
+
+
+def test_an_evaluation_leaves_the_training_random_states_as_they_were():
+    import random
+
+    import numpy as np
+    import torch
+
+    from pretrain.in_training_eval import random_states_kept
+
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    expected = (torch.rand(4), random.random(), np.random.rand())
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    with random_states_kept(torch.device("cpu")):
+        torch.nn.Linear(64, 64)                      # initial weights draw from the global generator
+        random.random(), np.random.rand(8)
+    got = (torch.rand(4), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
