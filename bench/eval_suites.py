@@ -5,13 +5,12 @@ that in-training evaluation takes at the demo configs' interval.
     python bench/eval_suites.py --demo-out runs/demo
 
 Per modality: the run's latest checkpoint is exported to a temporary directory, then each of
-the modality's suites runs once in its quick sizes through `bioxlstm eval`'s own code
-(evaluation.session.evaluate_export) with the data the demo config evaluates in training; wall
+the modality's suites runs once through `bioxlstm eval`'s own code (evaluation.session.evaluate_export)
+with the request the run's final in-training evaluation used; wall
 and CPU seconds are measured around it. The in-training share is read from the run's
 metrics.jsonl: `eval_share` of the last evaluation = evaluation seconds / the run's wall seconds.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,17 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation.base import EvalRequest  # noqa: E402
 from evaluation.session import evaluate_export  # noqa: E402
 from pretrain.config import load_run_config  # noqa: E402
 from pretrain.export import export_checkpoint, read_training_checkpoint  # noqa: E402
+from pretrain.in_training_eval import eval_request  # noqa: E402
 from pretrain.metrics import read_metrics  # noqa: E402
 
 
 def time_suite(export_dir: Path, suite: str, cfg, out: Path) -> tuple:
-    e = cfg.eval
-    request = EvalRequest(data=e.data or cfg.data.shards, quick=True, seed=e.seed, context_len=e.context_len,
-                          train_data=cfg.data.shards, options=dict(e.options), batch_size=e.batch_size)
+    request = eval_request(cfg, len(cfg.curriculum.stages) - 1)     # what the final in-training evaluation ran
     wall, cpu = time.perf_counter(), time.process_time()
     evaluate_export(export_dir, [suite], request, out / suite, overwrite=True)
     return time.perf_counter() - wall, time.process_time() - cpu

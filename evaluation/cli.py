@@ -70,11 +70,9 @@ def run_eval(args) -> int:
 
     from evaluation.base import EvalRequest
     from evaluation.errors import EvaluationError
-    from evaluation.report import refuse_existing_report
     from evaluation.session import evaluate_export
 
     out = Path(args.out)
-    refuse_existing_report(out, args.overwrite)
     try:
         context_lens = tuple(int(x) for x in args.context_lens.split(",") if x.strip()) if args.context_lens else ()
     except ValueError:

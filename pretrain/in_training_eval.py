@@ -46,16 +46,6 @@ class InTrainingEvaluator:
         within_budget = self.seconds_spent <= self.cfg.eval.max_time_share * elapsed
         return bool(ranks_with(within_budget))       # any rank within budget: all evaluate
 
-    def request(self, stage_index: int):
-        from evaluation.base import EvalRequest
-
-        e, stages = self.cfg.eval, self.cfg.curriculum.stages
-        contexts = tuple(sorted({s.context_len for s in stages[:stage_index + 1]}))
-        return EvalRequest(data=e.data or self.cfg.data.shards, quick=e.quick, seed=e.seed,
-                           context_len=e.context_len or stages[stage_index].context_len, context_lens=contexts,
-                           novelty_reference=e.novelty_reference, train_data=self.cfg.data.shards,
-                           options=dict(e.options), batch_size=e.batch_size)
-
     def run(self, engine, step: int, stage_index: int) -> dict:
         """Evaluate the engine's current weights; returns the flat figures (on rank 0; the other
         ranks' records are not logged). The training's random states (torch, Python, NumPy) are
@@ -69,7 +59,7 @@ class InTrainingEvaluator:
 
         started = time.perf_counter()
         model = self._inference_model(engine)
-        request = self.request(stage_index)
+        request = eval_request(self.cfg, stage_index)
         suites = make_suites(self.cfg.eval.suites, request)
         world = self.parallel.world_size
         results = run_suites(model, suites, rank=self.parallel.rank, world_size=world,
@@ -99,6 +89,20 @@ class InTrainingEvaluator:
         model = model.to(engine.device).eval()
         tokenizer = load_tokenizer(read_manifest(Path(self.cfg.data.shards))["tokenizer"])
         return BioXLSTM(model, self.cfg.model, tokenizer, engine.device)
+
+
+def eval_request(cfg, stage_index: int):
+    """The EvalRequest of a run config's `eval` section at curriculum stage `stage_index`: data
+    defaults to the run's shards, the context to the stage's, protein-icl's lengths to the
+    curriculum's so far."""
+    from evaluation.base import EvalRequest
+
+    e, stages = cfg.eval, cfg.curriculum.stages
+    contexts = tuple(sorted({s.context_len for s in stages[:stage_index + 1]}))
+    return EvalRequest(data=e.data or cfg.data.shards, quick=e.quick, seed=e.seed,
+                       context_len=e.context_len or stages[stage_index].context_len, context_lens=contexts,
+                       novelty_reference=e.novelty_reference, train_data=cfg.data.shards,
+                       options=dict(e.options), batch_size=e.batch_size)
 
 
 @contextlib.contextmanager
