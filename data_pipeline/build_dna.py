@@ -1,29 +1,34 @@
 """DNA shards from FASTA/FASTA.gz: one sample per contiguous window of a record, or per BED interval.
 
 Long N-runs (assembly gaps) cut a record into segments, so no window is mostly unknown
-bases; short N-runs stay as N tokens. Windows of one record are written consecutively and
-kept in one shard where possible. The split is by window (`--split-by window`, default: the
-demo genome is a single record) or by whole record; with `--bed` the intervals and their
-splits come from the BED file (the DNA-xLSTM / Caduceus human-sequences.bed layout).
+bases; short N-runs stay as N tokens. A segment is cut into windows of `window_len` bases from
+its start; a last window shorter than `min_window_len` is dropped (and counted). Windows of one
+record are written consecutively and kept in one shard where possible. The split is by window
+(`--split-by window`, default: the demo genome is a single record) or by whole record; with
+`--bed` the intervals and their splits come from the BED file (the DNA-xLSTM / Caduceus
+human-sequences.bed layout).
 
-Records stream through in chunks (a chromosome is never held whole); worker processes
-normalize (upper case, IUPAC -> N) and compress the windows; a part owns whole records.
+Two parallel passes, both in the worker processes: `fasta_scan` finds the records and their
+N-runs block by block; then each worker reads the bases of its windows from the file itself,
+normalizes (upper case, IUPAC -> N) and compresses them. The main process only joins the
+scan's small results and hands out window lists, so adding workers speeds up the whole build;
+no process holds a chromosome. A gzipped genome is decompressed once into the work folder
+(it cannot be read from an offset). A part owns whole records.
 """
 from __future__ import annotations
 
-import re
 from functools import partial
 from pathlib import Path
 
 from data_pipeline.build_output import run_build
 from data_pipeline.build_parallel import batches
 from data_pipeline.build_parts import Encoded, encode_sample
+from data_pipeline.byte_blocks import seekable_copy
 from data_pipeline.errors import ConfigError, InputFormatError
-from data_pipeline.readers import read_bed, require_files, stream_fasta
+from data_pipeline.fasta_scan import read_bases, scan_fasta
+from data_pipeline.readers import read_bed, require_files
 from data_pipeline.tokenizers import DNATokenizer
 
-_BASE = re.compile("[ACGTacgt]")
-_DROP_BASES = str.maketrans("", "", "ACGTacgt")
 _tokenizers: dict = {}
 
 
@@ -33,127 +38,112 @@ def _tokenizer(unknown: str) -> DNATokenizer:
     return _tokenizers[unknown]
 
 
-def _encode_window(item, unknown: str) -> Encoded:
-    """Worker side: normalize (refusing or replacing unknown symbols) and compress one window."""
-    order, name, text, where, split_group, layout_group, split = item
-    normalized = _tokenizer(unknown).normalize(text, unknown, where)
-    return Encoded([encode_sample(order, name, [normalized], len(normalized), split_group, layout_group, split)])
+def _encode_windows(task, unknown: str) -> Encoded:
+    """Worker side: read one piece's windows from the file, normalize and compress each."""
+    path, piece, windows = task
+    bases = read_bases(path, piece, piece.first, max(w[3] for w in windows))
+    samples = []
+    for order, name, start, end, where, split_group, layout_group, split in windows:
+        normalized = _tokenizer(unknown).normalize_bytes(bases[start - piece.first:end - piece.first], unknown, where)
+        samples.append(encode_sample(order, name, [normalized], len(normalized), split_group, layout_group, split))
+    return Encoded(samples)
 
 
-class _WindowCutter:
-    """Windows of `window_len` bases between N-runs of >= `min_n_run`, from a record that arrives
-    in chunks: the same windows as cutting the whole record at once. A run counts as N if it
-    holds no A/C/G/T (IUPAC codes and replaced symbols are N after normalization)."""
-
-    def __init__(self, window_len: int, min_window_len: int, min_n_run: int, validate):
-        self.window_len, self.min_window_len, self.min_n_run = window_len, min_window_len, min_n_run
-        self.long_run = re.compile(f"[^ACGTacgt]{{{min_n_run}}}")
-        self.validate = validate  # checks the symbols of skipped N-runs
-        self.buf, self.offset, self.pos, self.skipping = "", 0, 0, False
-        self.n_run_bases = self.dropped_short_bases = 0
-
-    def feed(self, chunk: str, final: bool = False):
-        """(start, end, text) of every window that is complete after this chunk. Works on an
-        offset into the buffer: slicing the buffer per window would copy it per window."""
-        buf = self.buf = self.buf[self.offset:] + chunk
-        self.offset = 0
-        limit = self.window_len + self.min_n_run - 1
-        while True:
-            at = self.offset
-            if self.skipping:
-                base = _BASE.search(buf, at)
-                stop = len(buf) if base is None else base.start()
-                self.validate(buf[at:stop])
-                self.n_run_bases += stop - at
-                self.pos += stop - at
-                self.offset = at = stop
-                if base is None:
-                    return
-                self.skipping = False
-            remaining = len(buf) - at
-            if remaining == 0 or (remaining < limit and not final):
-                return
-            region_end = min(len(buf), at + limit)
-            # most windows hold only bases: deleting them (one C pass) is 40x faster than the regex
-            hit = self.long_run.search(buf, at, region_end) if buf[at:region_end].translate(_DROP_BASES) else None
-            if hit is None or hit.start() - at >= self.window_len:
-                end = min(remaining, self.window_len)
-                if end < self.window_len and not final:
-                    return
+def segment_windows(length: int, runs: list, window_len: int, min_window_len: int):
+    """(start, end) of the windows of a record of `length` bases whose N-runs are `runs`, and the
+    bases dropped as too-short tails: each segment between runs is cut from its start."""
+    windows, dropped, begin = [], 0, 0
+    for segment_start, segment_end in _segments(length, runs):
+        for begin in range(segment_start, segment_end, window_len):
+            end = min(begin + window_len, segment_end)
+            if end - begin >= min_window_len:
+                windows.append((begin, end))
             else:
-                end = hit.start() - at
-                self.skipping = True
-            if end >= self.min_window_len:
-                yield self.pos, self.pos + end, buf[at:at + end]
-            else:
-                self.dropped_short_bases += end
-            self.pos += end
-            self.offset = at + end
+                dropped += end - begin
+    return windows, dropped
 
 
-def _window_items(ctx, inputs, window_len, min_window_len, min_n_run, split_by, unknown, bar):
-    for file_index, path in enumerate(inputs):
-        for record_index, record in enumerate(stream_fasta(path)):
-            record_key = f"{Path(path).name}:{record.name}"
-            if not ctx.owns(record_key):
-                continue
-            ctx.count_stat("records")
-            where = record.where
-            cutter = _WindowCutter(window_len, min_window_len, min_n_run,
-                                   lambda text: _tokenizer(unknown).normalize(text, unknown, where))
-            for chunk in record.chunks:
-                ctx.count_stat("bases", len(chunk))
-                bar.update(len(chunk))
-                yield from _windows(cutter.feed(chunk), file_index, record_index, record_key, where, split_by)
-            yield from _windows(cutter.feed("", final=True), file_index, record_index, record_key, where, split_by)
-            ctx.count_stat("n_run_bases", cutter.n_run_bases)
-            ctx.count_stat("dropped_short_bases", cutter.dropped_short_bases)
+def _segments(length: int, runs: list):
+    begin = 0
+    for run_start, run_end in runs:
+        if run_start > begin:
+            yield begin, run_start
+        begin = run_end
+    if length > begin:
+        yield begin, length
 
 
-def _windows(cut, file_index, record_index, record_key, where, split_by):
-    for start, end, text in cut:
-        name = f"{record_key}:{start}-{end}"
-        yield ((file_index, record_index, start), name, text, f"{where} window {start}-{end}",
-               name if split_by == "window" else record_key, record_key, None)
+def _scanned(ctx, inputs, plain, min_n_run, check_unknown, bar):
+    """(file index, record index, input path, plain path, record) of every record, scanned;
+    with `check_unknown`, the first unknown symbol of each record is found too."""
+    first_unknown = _tokenizer("error").first_unknown if check_unknown else None
+    for file_index, (path, readable) in enumerate(zip(inputs, plain)):
+        records = scan_fasta(readable, ctx.pool, min_n_run, first_unknown, source=str(path), bar=bar)
+        for record_index, record in enumerate(records):
+            yield file_index, record_index, path, readable, record
 
 
-def _bed_items(ctx, inputs, bed_path, bar):
+def _refuse_unknown(record, unknown: str) -> None:
+    if record.unknown is not None and unknown == "error":
+        position, symbol = record.unknown
+        raise _tokenizer(unknown).unknown_error(symbol, position, record.where)
+
+
+def _by_piece(readable, record, windows):
+    """Tasks (path, piece, windows starting in it) in record order; `windows` are sorted by start."""
+    index = 0
+    for piece in record.pieces:
+        own = []
+        while index < len(windows) and windows[index][2] < piece.first + piece.length:
+            own.append(windows[index])
+            index += 1
+        if own:
+            yield str(readable), piece, own
+
+
+def _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown):
+    for file_index, record_index, path, readable, record in scanned:
+        record_key = f"{Path(path).name}:{record.name}"
+        if not ctx.owns(record_key):
+            continue
+        _refuse_unknown(record, unknown)
+        ctx.count_stat("records")
+        ctx.count_stat("bases", record.length)
+        ctx.count_stat("n_run_bases", sum(end - start for start, end in record.runs))
+        cuts, dropped = segment_windows(record.length, record.runs, window_len, min_window_len)
+        ctx.count_stat("dropped_short_bases", dropped)
+        windows = []
+        for start, end in cuts:
+            name = f"{record_key}:{start}-{end}"
+            windows.append(((file_index, record_index, start), name, start, end, f"{record.where} window {start}-{end}",
+                            name if split_by == "window" else record_key, record_key, None))
+        yield from _by_piece(readable, record, windows)
+
+
+def _bed_tasks(ctx, scanned, bed_path, inputs):
     intervals = read_bed(bed_path)
     found: set[str] = set()
-    for file_index, path in enumerate(inputs):
-        for record_index, record in enumerate(stream_fasta(path)):
-            if record.name not in intervals or record.name in found:
-                continue
-            found.add(record.name)
-            record_key = f"{Path(path).name}:{record.name}"
-            if not ctx.owns(record_key):
-                continue
-            ctx.count_stat("records")
-            wanted = intervals[record.name]
-            buf, buf_start, next_index = "", 0, 0
-            for chunk in record.chunks:
-                ctx.count_stat("bases", len(chunk))
-                bar.update(len(chunk))
-                buf += chunk
-                while next_index < len(wanted) and wanted[next_index].end <= buf_start + len(buf):
-                    interval = wanted[next_index]
-                    name = f"{record.name}:{interval.start}-{interval.end}"
-                    ctx.count_stat(f"intervals_{interval.split}")
-                    yield ((file_index, record_index, next_index), name,
-                           buf[interval.start - buf_start:interval.end - buf_start],
-                           f"{record.where} interval {interval.start}-{interval.end} ({bed_path} line {interval.line})",
-                           name, record_key, interval.split)
-                    next_index += 1
-                keep_from = wanted[next_index].start if next_index < len(wanted) else buf_start + len(buf)
-                if keep_from > buf_start:
-                    buf = buf[keep_from - buf_start:]
-                    buf_start = keep_from
-            if next_index < len(wanted):
-                bad = wanted[next_index]
-                length = buf_start + len(buf)
-                raise InputFormatError(f"{bed_path} line {bad.line}: interval {bad.chrom}:{bad.start}-{bad.end} "
-                                       f"runs past the end of {bad.chrom} ({length} bases in {path}); fix the BED "
-                                       "or pass the genome it was made for")
+    for file_index, record_index, path, readable, record in scanned:
+        if record.name not in intervals or record.name in found:
+            continue
+        found.add(record.name)
+        record_key = f"{Path(path).name}:{record.name}"
+        if not ctx.owns(record_key):
+            continue
+        ctx.count_stat("records")
+        ctx.count_stat("bases", record.length)
+        windows = []
+        for index, interval in enumerate(intervals[record.name]):
+            if interval.end > record.length:
+                raise InputFormatError(f"{bed_path} line {interval.line}: interval {interval.chrom}:{interval.start}-"
+                                       f"{interval.end} runs past the end of {interval.chrom} ({record.length} bases "
+                                       f"in {path}); fix the BED or pass the genome it was made for")
+            ctx.count_stat(f"intervals_{interval.split}")
+            name = f"{record.name}:{interval.start}-{interval.end}"
+            windows.append(((file_index, record_index, index), name, interval.start, interval.end,
+                            f"{record.where} interval {interval.start}-{interval.end} ({bed_path} line {interval.line})",
+                            name, record_key, interval.split))
+        yield from _by_piece(readable, record, windows)
     missing = sorted((chrom_intervals[0].line, chrom) for chrom, chrom_intervals in intervals.items()
                      if chrom not in found)
     if missing:
@@ -162,8 +152,15 @@ def _bed_items(ctx, inputs, bed_path, bar):
                                f"({', '.join(map(str, inputs))}); pass the genome the BED was made for")
 
 
-def _size(item) -> int:
-    return len(item[2])
+def _size(task) -> int:
+    return sum(w[3] - w[2] for w in task[2])
+
+
+def _counted(batch_iter, bar):
+    """The batches, advancing `bar` by their bases as they are handed out."""
+    for batch in batch_iter:
+        bar.update(sum(map(_size, batch)))
+        yield batch
 
 
 def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_len: int = 128,
@@ -187,14 +184,23 @@ def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_l
                 "shard_mb": shard_mb}
 
     def produce(ctx) -> dict:
-        total = None if any(Path(p).name.endswith(".gz") for p in inputs) else sum(Path(p).stat().st_size for p in inputs)
-        bar = ctx.progress(total, "reading FASTA", "B")
+        for name in ("records", "bases") + (("n_run_bases", "dropped_short_bases") if not bed else ()):
+            ctx.count_stat(name, 0)
+        plain = [seekable_copy(p, ctx.writer.folder / "inputs") for p in inputs]
+        bar = ctx.progress(sum(Path(p).stat().st_size for p in plain), "scanning FASTA", "B")
         try:
-            for name in ("records", "bases") + (("n_run_bases", "dropped_short_bases") if not bed else ()):
-                ctx.count_stat(name, 0)
-            items = (_bed_items(ctx, inputs, bed, bar) if bed else
-                     _window_items(ctx, inputs, window_len, min_window_len, min_n_run, split_by, unknown, bar))
-            ctx.encode(partial(_encode_window, unknown=unknown), batches(items, _size))
+            # windows: unknown symbols anywhere in a record are refused (in N-runs too); BED: in the
+            # intervals only, when they are encoded; BED needs no runs
+            scanned = list(_scanned(ctx, inputs, plain, min_n_run if not bed else 1 << 62,
+                                    unknown == "error" and not bed, bar))
+        finally:
+            bar.close()
+        owned = sum(r[4].length for r in scanned if ctx.owns(f"{Path(r[2]).name}:{r[4].name}"))
+        bar = ctx.progress(owned, "encoding windows", "base")
+        try:
+            tasks = (_bed_tasks(ctx, scanned, bed, inputs) if bed else
+                     _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown))
+            ctx.encode(partial(_encode_windows, unknown=unknown), _counted(batches(tasks, _size), bar))
         finally:
             bar.close()
         hint = (f"no interval of {bed} found" if bed else

@@ -15,13 +15,15 @@ killed) leaves no manifest, and its rerun keeps a finished part (checked by sha2
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from data_pipeline.build_parallel import OrderedPool
-from data_pipeline.build_parts import (INVALID_EXAMPLES, Encoded, PartWriter, iter_index, parse_part, part_name,
-                                       read_part, require_part, stable_hash)
+from data_pipeline.build_parts import (INVALID_EXAMPLES, PartWriter, iter_index, parse_part, part_name, read_part,
+                                       require_part, spill_batch, stable_hash)
 from data_pipeline.build_progress import build_progress
 from data_pipeline.errors import BuildWriteError, ConfigError, InputFormatError, OutputExistsError
 from data_pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SPLITS, write_manifest
@@ -85,8 +87,9 @@ class BuildContext:
         self.writer.counters[name] = self.writer.counters.get(name, 0) + value
 
     def encode(self, fn: Callable, batch_iter) -> None:
-        """Run `fn(item) -> Encoded` over batches in the pool; store results in input order."""
-        for results in self.pool.map(fn, batch_iter):
+        """Run `fn(item) -> Encoded` over batches in the pool (the workers write the compressed
+        bytes themselves); index the results in input order."""
+        for results in self.pool.map_batches(partial(spill_batch, fn, str(self.writer.folder)), batch_iter):
             for encoded in results:
                 self.writer.add(encoded)
 
@@ -113,14 +116,15 @@ def run_build(out_dir: str | Path, modality: str, produce: Callable[[BuildContex
                 "input_stamps": _input_stamps(build_args)}
     written: list[Path] = [out / WORK_DIR] if single else [folder]
     try:
-        info = read_part(folder)
-        if info is None or any(info.get(k) != v for k, v in identity.items()):
-            info = _produce_part(folder, produce, identity, seed, workers, progress)
-        elif progress:
-            print(f"{folder}: finished part kept (sha256 checked)")
-        if not single:
-            return info
-        manifest = _assemble(out, [folder], progress, written)
+        with OrderedPool(workers) as pool:
+            info = read_part(folder)
+            if info is None or any(info.get(k) != v for k, v in identity.items()):
+                info = _produce_part(folder, produce, identity, seed, pool, progress)
+            elif progress:
+                print(f"{folder}: finished part kept (sha256 checked)")
+            if not single:
+                return info
+            manifest = _assemble(out, [folder], progress, written, pool)
         shutil.rmtree(out / WORK_DIR)
         return manifest
     except Exception as err:  # an interrupt (Ctrl-C, kill) keeps finished parts; a rerun completes the build
@@ -146,25 +150,28 @@ def _input_stamps(build_args: dict) -> list:
     return stamps
 
 
-def _produce_part(folder: Path, produce, identity: dict, seed: int, workers: int, progress: bool) -> dict:
+def _produce_part(folder: Path, produce, identity: dict, seed: int, pool: OrderedPool, progress: bool) -> dict:
     writer = PartWriter(folder, seed)
     try:
-        with OrderedPool(workers) as pool:
-            fixed = produce(BuildContext(writer, pool, identity["part"], identity["parts"], progress))
+        fixed = produce(BuildContext(writer, pool, identity["part"], identity["parts"], progress))
+        writer.close()
     except BaseException:
         writer.abort()
         raise
-    return writer.finish(dict(identity, **fixed))
+    files = writer.files()
+    digests = [d for batch in pool.map(sha256_file, ([f] for f in files)) for d in batch]
+    return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, digests)})
 
 
-def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = True) -> dict:
+def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = True, workers: int = 1) -> dict:
     """One manifest (and the shards) from the finished parts of a `--part I/N` build."""
     out = Path(out_dir)
     refuse_finished_build(out)
     created_dirs = _missing_dirs(out)
     written: list[Path] = []
     try:
-        return _assemble(out, [Path(p) for p in parts], progress, written)
+        with OrderedPool(workers) as pool:
+            return _assemble(out, [Path(p) for p in parts], progress, written, pool)
     except Exception as err:
         _remove_own_files(written, created_dirs)
         if isinstance(err, OSError):
@@ -276,8 +283,9 @@ def _runs(entries):
         yield run
 
 
-def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path]) -> dict:
-    """Split, write every shard atomically, then the manifest; `written` grows before each file is opened."""
+def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path], pool: OrderedPool) -> dict:
+    """Split, write every shard atomically (in the workers), then the manifest; `written` grows
+    before each file is opened."""
     infos = _check_parts(parts)
     first = infos[0]
     if sum(info["samples"] for info in infos) == 0:
@@ -293,7 +301,6 @@ def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path])
         "seed": first["seed"], "val_fraction": first["val_fraction"], "splits": {},
     }
     explicit = {s for info in infos for s in info.get("explicit_splits", [])}
-    payloads = [open(part / "payload.bin", "rb") for part in parts]
     bar = build_progress(sum(info["samples"] for info in infos), f"writing {first['modality']} shards",
                          "sample", progress)
     try:
@@ -302,35 +309,55 @@ def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path])
                 continue
             entries = (item for item in _merged(parts) if _split_of(item[0], threshold) == split)
             manifest["splits"][split] = _write_split(out, split, _layout(entries, first["shard_bytes"]),
-                                                     payloads, bar, written)
+                                                     parts, bar, written, pool)
         written.append(out / MANIFEST_NAME)
         write_manifest(out, manifest)
     finally:
         bar.close()
-        for handle in payloads:
-            handle.close()
     return manifest
 
 
-def _write_split(out: Path, split: str, shards, payloads, bar, written: list[Path]) -> dict:
+def _write_split(out: Path, split: str, shards, parts: list[Path], bar, written: list[Path],
+                 pool: OrderedPool) -> dict:
+    """The shards of one split, written by the workers; the manifest's entries in shard order."""
     shard_entries = []
     groups = 0
-    for shard_index, shard in enumerate(shards):
-        name = f"{split}-{shard_index:05d}.tar"
-        written.append(out / name)
-        with ShardWriter(out / name) as writer:
-            for sample_index, (entry, position) in enumerate(shard):
-                payload = payloads[position]
-                payload.seek(entry[7])
-                seq_zst = payload.read(entry[8])
-                meta_zst = payload.read(entry[9])
-                writer.write(f"{split}-{shard_index:05d}-{sample_index:06d}", seq_zst, meta_zst)
-                groups += entry[3]
-                bar.update(1)
-        shard_entries.append({
-            "name": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
-            "samples": len(shard), "tokens": sum(e[6] for e, _ in shard),
-            "sample_tokens": [e[6] for e, _ in shard],
-        })
+    tasks: deque = deque()  # the token counts of each shard in flight, in order
+
+    def shard_tasks():
+        nonlocal groups
+        for shard_index, shard in enumerate(shards):
+            name = f"{split}-{shard_index:05d}.tar"
+            written.append(out / name)
+            groups += sum(entry[3] for entry, _ in shard)
+            tasks.append([entry[6] for entry, _ in shard])
+            yield [(str(out / name), [(str(parts[position] / entry[7]), entry[8], entry[9], entry[10])
+                                      for entry, position in shard])]
+
+    for (name, digest, size) in (r for batch in pool.map(_write_shard, shard_tasks()) for r in batch):
+        sample_tokens = tasks.popleft()
+        shard_entries.append({"name": name, "sha256": digest, "bytes": size, "samples": len(sample_tokens),
+                              "tokens": sum(sample_tokens), "sample_tokens": sample_tokens})
+        bar.update(len(sample_tokens))
     return {"shards": shard_entries, "samples": sum(e["samples"] for e in shard_entries),
             "tokens": sum(e["tokens"] for e in shard_entries), "groups": groups}
+
+
+def _write_shard(task) -> tuple[str, str, int]:
+    """Worker side: one shard from its samples' places in the payload files -> (name, sha256, bytes).
+    Sample keys are `<shard stem>-<index>`, the stem being the shard's file name without `.tar`."""
+    path, places = task
+    path = Path(path)
+    handles: dict = {}
+    try:
+        with ShardWriter(path) as writer:
+            for sample_index, (payload, offset, seq_len, meta_len) in enumerate(places):
+                handle = handles.get(payload) or handles.setdefault(payload, open(payload, "rb"))
+                handle.seek(offset)
+                seq_zst = handle.read(seq_len)
+                meta_zst = handle.read(meta_len)
+                writer.write(f"{path.stem}-{sample_index:06d}", seq_zst, meta_zst)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return path.name, sha256_file(path), path.stat().st_size

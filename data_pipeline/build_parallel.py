@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
+from functools import partial
 from typing import Callable, Iterable, Iterator
 
 
@@ -36,13 +37,18 @@ class OrderedPool:
             self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
 
     def map(self, fn: Callable, batch_iter: Iterable[list]) -> Iterator[list]:
+        """[fn(item) for item in batch] for every batch, in order."""
+        return self.map_batches(partial(_apply, fn), batch_iter)
+
+    def map_batches(self, batch_fn: Callable, batch_iter: Iterable) -> Iterator:
+        """batch_fn(batch) for every batch, in order (a worker handles a whole batch at once)."""
         if self._pool is None:
             for batch in batch_iter:
-                yield _apply(fn, batch)
+                yield batch_fn(batch)
             return
         pending: deque = deque()
         for batch in batch_iter:
-            pending.append(self._pool.apply_async(_apply, (fn, batch)))
+            pending.append(self._pool.apply_async(batch_fn, (batch,)))
             if len(pending) > 2 * self.workers:
                 yield pending.popleft().get()
         while pending:

@@ -1,9 +1,10 @@
 """A build part: the encoded samples of one share of the input, spilled to disk.
 
 Builders stream samples (in a fixed input order) through worker processes that normalize,
-count and zstd-compress them; a `PartWriter` appends the compressed members to `payload.bin`
-and one JSON line per sample to `index.jsonl`, then writes `part.json` (counts, stats and the
-sha256 of both files) last. A part folder without a valid `part.json` is unfinished and is
+count and zstd-compress them; each worker appends the compressed members to its own
+`payload-<pid>.bin` (`spill_batch`: the bytes never pass through the main process), and the
+main process's `PartWriter` writes one JSON line per sample to `index.jsonl` (where its bytes
+are), then `part.json` (counts, stats and the sha256 of every file) last. A part folder without a valid `part.json` is unfinished and is
 redone; a finished one is kept and reused. `--part I/N` owns the groups whose stable hash is
 I mod N, so the parts of a build are disjoint and their merge is the whole build.
 """
@@ -24,10 +25,11 @@ from data_pipeline.shards import ZSTD_LEVEL, sha256_file
 PART_FORMAT = "bioxlstm-build-part"
 PART_FILE = "part.json"
 INDEX_FILE = "index.jsonl"
-PAYLOAD_FILE = "payload.bin"
+PAYLOAD_GLOB = "payload-*.bin"
 INVALID_EXAMPLES = 20
 
 _compressor = None
+_spills: dict = {}  # part folder -> this process's open payload file
 
 
 def stable_hash(text: str) -> int:
@@ -81,6 +83,34 @@ def encode_sample(order: tuple, name: str, sequences: list[str], tokens: int, sp
             _compressor.compress(text), _compressor.compress(meta))
 
 
+def spill_batch(fn, folder: str, batch: list) -> list[Encoded]:
+    """Worker side: `fn(item) -> Encoded` for each item, the compressed members appended to this
+    process's payload file of the part and replaced by their place (file, offset, lengths)."""
+    results = [fn(item) for item in batch]
+    handle = _spills.get(folder)
+    if handle is None:
+        handle = _spills[folder] = open(Path(folder) / f"payload-{os.getpid()}.bin", "ab")
+    name = Path(handle.name).name
+    offset = handle.tell()
+    for encoded in results:
+        placed = []
+        for order, split, group, layout, raw_bytes, tokens, seq_zst, meta_zst in encoded.samples:
+            handle.write(seq_zst)
+            handle.write(meta_zst)
+            placed.append((order, split, group, layout, raw_bytes, tokens, (name, offset, len(seq_zst), len(meta_zst))))
+            offset += len(seq_zst) + len(meta_zst)
+        encoded.samples = placed
+    handle.flush()  # the main process indexes these bytes as soon as the results arrive
+    return results
+
+
+def close_spills(folder: Path) -> None:
+    """Close this process's payload file of `folder` (the inline, one-worker build writes there too)."""
+    handle = _spills.pop(str(folder), None)
+    if handle is not None:
+        handle.close()
+
+
 class PartWriter:
     """Appends encoded samples of one part; `finish()` writes part.json, the finished mark."""
 
@@ -89,10 +119,9 @@ class PartWriter:
         self.seed = seed
         if folder.exists():
             shutil.rmtree(folder)  # unfinished leftovers of an interrupted run
+        close_spills(folder)
         folder.mkdir(parents=True)
-        self._payload = open(folder / PAYLOAD_FILE, "wb")
         self._index = open(folder / INDEX_FILE, "w", encoding="utf-8")
-        self.offset = 0
         self.samples = 0
         self.groups = 0
         self.hashed_groups = 0  # groups split by hash (not by an explicit split file)
@@ -108,7 +137,7 @@ class PartWriter:
         self.examples.extend(encoded.examples)
         del self.examples[INVALID_EXAMPLES:]
         self.vocab |= encoded.vocab
-        for order, split, group, layout, raw_bytes, tokens, seq_zst, meta_zst in encoded.samples:
+        for order, split, group, layout, raw_bytes, tokens, (file, offset, seq_len, meta_len) in encoded.samples:
             if self._previous_order is not None and order <= self._previous_order:
                 raise AssertionError(f"samples out of order: {order} after {self._previous_order}")
             self._previous_order = order
@@ -116,31 +145,38 @@ class PartWriter:
             self._previous_group = group
             self.groups += new_group
             self.hashed_groups += new_group and split is None
-            self._payload.write(seq_zst)
-            self._payload.write(meta_zst)
             self._index.write(json.dumps([order, split, group_rank(group, self.seed) if split is None else 0,
                                           int(new_group), stable_hash(layout), raw_bytes, tokens,
-                                          self.offset, len(seq_zst), len(meta_zst)]) + "\n")
-            self.offset += len(seq_zst) + len(meta_zst)
+                                          file, offset, seq_len, meta_len]) + "\n")
             self.samples += 1
 
-    def finish(self, info: dict) -> dict:
-        for handle in (self._payload, self._index):
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+    def files(self) -> list[Path]:
+        """The part's data files (its payload files and index), in a fixed order."""
+        return sorted(self.folder.glob(PAYLOAD_GLOB)) + [self.folder / INDEX_FILE]
+
+    def finish(self, info: dict, digests: dict[str, str]) -> dict:
+        """Write part.json, the finished mark; `digests` are the sha256 of `files()` (computed in
+        the workers), taken after `close()`."""
         part = dict(info, format=PART_FORMAT, samples=self.samples, groups=self.groups,
                     hashed_groups=self.hashed_groups,
                     counters=self.counters, examples=self.examples, vocab=sorted(self.vocab),
-                    files={name: sha256_file(self.folder / name) for name in (PAYLOAD_FILE, INDEX_FILE)})
+                    files=digests)
         temp = self.folder / f".{PART_FILE}.partial"
         temp.write_text(json.dumps(part, indent=1, sort_keys=True) + "\n")
         os.replace(temp, self.folder / PART_FILE)
         return part
 
+    def close(self) -> None:
+        """Flush everything of the part to disk (payload files were written by the workers)."""
+        close_spills(self.folder)
+        self._index.close()
+        for path in self.files():
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+
     def abort(self) -> None:
-        for handle in (self._payload, self._index):
-            handle.close()
+        close_spills(self.folder)
+        self._index.close()
 
 
 def read_part(folder: Path, check_files: bool = True) -> dict | None:
@@ -167,7 +203,7 @@ def require_part(folder: Path) -> dict:
 
 
 def iter_index(folder: Path):
-    """(order, split, rank, new_group, layout, raw_bytes, tokens, offset, seq_len, meta_len) per sample."""
+    """(order, split, rank, new_group, layout, raw_bytes, tokens, file, offset, seq_len, meta_len) per sample."""
     with open(folder / INDEX_FILE, encoding="utf-8") as handle:
         for line in handle:
             yield json.loads(line)

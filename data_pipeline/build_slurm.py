@@ -46,12 +46,13 @@ class DataMergeJob:
 
     parts_dir: str
     out: str
+    workers: int = 1
 
     def __call__(self) -> dict:
         from data_pipeline.build_output import merge_parts
 
         parts = sorted(p for p in Path(self.parts_dir).glob("part-*-of-*") if p.is_dir())
-        manifest = merge_parts(parts, self.out, progress=False)
+        manifest = merge_parts(parts, self.out, progress=False, workers=self.workers)
         return {split: info["samples"] for split, info in manifest["splits"].items()}
 
 
@@ -92,7 +93,7 @@ def submit_build(modality: str, kwargs: dict, parts: int, out: str, options: Slu
     parts_dir = parts_dir_for(out)
     folder = Path(parts_dir).absolute() / "slurm" / "%j"
     part_job = DataPartJob(modality, kwargs, parts, parts_dir)
-    merge_job = DataMergeJob(parts_dir, out)
+    merge_job = DataMergeJob(parts_dir, out, options.cpus_per_task)
     params = options.parameters()
     if dry_run:
         return [f"# ---- sbatch script 1/2: {parts} array tasks, task I builds --part I/{parts} into {parts_dir}",

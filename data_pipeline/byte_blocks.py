@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from pathlib import Path
 
 from data_pipeline.errors import InputFormatError
@@ -38,8 +37,13 @@ def seekable_copy(path: str | Path, work_dir: Path) -> Path:
     if target.exists():
         return target
     temp = target.with_name(f".{target.name}.partial")
-    with _input_errors(path), gzip.open(path, "rb") as source, open(temp, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 22)
+    with gzip.open(path, "rb") as source, open(temp, "wb") as out:
+        while True:
+            with _input_errors(path):  # a damaged input; a full disk stays an OSError of the build
+                block = source.read(1 << 22)
+            if not block:
+                break
+            out.write(block)
     os.replace(temp, target)
     return target
 

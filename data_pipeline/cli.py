@@ -20,8 +20,8 @@ def _common(parser: argparse.ArgumentParser, val_default: float) -> None:
                         help="target raw sequence megabytes per shard (default 64)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes that normalize, tokenize and compress (default 1); "
-                             "the output is byte-identical for every value")
+                        help="worker processes that read the input, tokenize, compress and write the "
+                             "shards (default 1); the output is byte-identical for every value")
     parser.add_argument("--part", metavar="I/N", default=None,
                         help="build only part I of N (groups by a stable hash) into --out/part-I-of-N; "
                              "then `bioxlstm data merge --out DIR PARTS...`")
@@ -113,6 +113,8 @@ def register(subparsers) -> None:
     merge.add_argument("parts", nargs="+", metavar="PART", help="part folders (or one folder holding them)")
     merge.add_argument("--out", required=True, metavar="DIR", help="output directory of the merged build")
     merge.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    merge.add_argument("--workers", type=int, default=1,
+                       help="worker processes that write the shards (default 1); the output is the same for every value")
     merge.set_defaults(handler=_merge)
     data.set_defaults(handler=lambda args: (data.print_help(), 2)[1])
 
@@ -175,7 +177,7 @@ def _merge(args) -> int:
     for path in map(Path, args.parts):
         nested = sorted(p for p in path.glob("part-*-of-*") if p.is_dir()) if path.is_dir() else []
         parts.extend(nested or [path])
-    return _report(merge_parts(parts, args.out, progress=not args.no_progress), args.out)
+    return _report(merge_parts(parts, args.out, progress=not args.no_progress, workers=args.workers), args.out)
 
 
 def _report(manifest: dict, out: str) -> int:

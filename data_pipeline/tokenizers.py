@@ -58,7 +58,7 @@ class _VocabTokenizer:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
-    def _unknown_error(self, symbol: str, position: int, where: str | None) -> UnknownSymbolError:
+    def unknown_error(self, symbol: str, position: int, where: str | None) -> UnknownSymbolError:
         place = f" in {where}" if where else ""
         return UnknownSymbolError(
             f"unknown {self.kind} symbol {symbol!r} at position {position}{place}: fix the input "
@@ -82,6 +82,11 @@ class _CharTokenizer(_VocabTokenizer):
         self._unknown = re.compile(f"[^{re.escape(''.join(sorted(self.char_ids())))}]")
         self._normal = {ord(char): self.vocab[index] for char, index in self.char_ids().items()}
         self._drop_known = {ord(char): None for char in self.char_ids()}
+        byte_normal = bytearray(b"\xff" * 256)  # 0xff: no token (never a token of an ASCII vocabulary)
+        for char, index in self.char_ids().items():
+            if len(char) == 1 and char.isascii() and len(self.vocab[index]) == 1 and self.vocab[index].isascii():
+                byte_normal[ord(char)] = ord(self.vocab[index])
+        self._byte_normal = bytes(byte_normal) if all(len(c) == 1 for c in self.char_ids()) else None
 
     def char_ids(self) -> dict[str, int]:
         raise NotImplementedError
@@ -91,13 +96,29 @@ class _CharTokenizer(_VocabTokenizer):
         token (IUPAC -> N), unknown symbols refused or replaced; what builders store."""
         policy = unknown or self.unknown
         _check_policy(policy)
-        # deleting the known symbols (one C pass) is much faster than the regex on clean input
-        bad = self._unknown.search(sequence) if sequence.translate(self._drop_known) else None
+        bad = self.first_unknown(sequence)
         if bad is not None:
             if policy == "error":
-                raise self._unknown_error(sequence[bad.start()], bad.start(), where)
+                raise self.unknown_error(bad[1], bad[0], where)
             sequence = self._unknown.sub(self.wildcard, sequence)
         return sequence.translate(self._normal)
+
+    def normalize_bytes(self, data: bytes, unknown: str | None = None, where: str | None = None) -> str:
+        """`normalize` of ASCII bytes through one bytes.translate (~2x faster than the str path);
+        input with anything to refuse or replace takes `normalize` itself, so both agree."""
+        if self._byte_normal is not None and data.isascii():
+            out = data.translate(self._byte_normal)
+            if out.find(b"\xff") < 0:
+                return out.decode("ascii")
+        return self.normalize(data.decode("utf-8"), unknown, where)
+
+    def first_unknown(self, sequence: str) -> tuple[int, str] | None:
+        """(position, symbol) of the first symbol without a token, or None."""
+        # deleting the known symbols (one C pass) is much faster than the regex on clean input
+        if not sequence.translate(self._drop_known):
+            return None
+        bad = self._unknown.search(sequence)
+        return (bad.start(), bad.group()) if bad is not None else None
 
     def encode_bytes(self, sequence: str, unknown: str | None = None, where: str | None = None) -> bytes:
         """Ids as one byte each (all char vocabularies are < 256): the fast path for builders."""
@@ -106,7 +127,7 @@ class _CharTokenizer(_VocabTokenizer):
         bad = self._unknown.search(sequence)
         if bad is not None:
             if policy == "error":
-                raise self._unknown_error(sequence[bad.start()], bad.start(), where)
+                raise self.unknown_error(sequence[bad.start()], bad.start(), where)
             sequence = self._unknown.sub(self.wildcard, sequence)
         return sequence.translate(self._table).encode("latin-1")
 
@@ -318,13 +339,13 @@ class SmilesTokenizer(_VocabTokenizer):
                 if match.start() != covered:
                     break
                 covered = match.end()
-            raise self._unknown_error(sequence[covered], covered, where) from None
+            raise self.unknown_error(sequence[covered], covered, where) from None
         ids = []
         for position, piece in enumerate(pieces):
             index = self.token_to_id.get(piece)
             if index is None:
                 if policy == "error":
-                    raise self._unknown_error(piece, position, where)
+                    raise self.unknown_error(piece, position, where)
                 index = self.token_to_id["[UNK]"]
             ids.append(index)
         return ids

@@ -110,7 +110,7 @@ def test_dna_parts_split_by_record_and_merge_checks_the_set(genome, tmp_path):
         merge_parts([tmp_path / "parts" / "part-00000-of-00002"], tmp_path / "merged", progress=False)
     assert not (tmp_path / "merged").exists()
     # a finished part is kept (sha256 checked) ...
-    payload = tmp_path / "parts" / "part-00000-of-00002" / "payload.bin"
+    payload = next((tmp_path / "parts" / "part-00000-of-00002").glob("payload-*.bin"))
     before = payload.stat().st_mtime_ns
     build_dna([str(genome)], str(tmp_path / "parts"), part="0/2", **kwargs)
     assert payload.stat().st_mtime_ns == before
@@ -164,7 +164,8 @@ def test_killed_build_resumes_to_the_uninterrupted_result(where, workers, genome
     build_dna([str(genome)], str(tmp_path / "clean"), window_len=2000, val_fraction=0.2, shard_mb=9000 / 2**20,
               progress=False)
     out = tmp_path / "killed"
-    code = KILL_CHILD.format(repo=str(REPO), kill_after=5, where=where, genome=str(genome), out=str(out),
+    # produce: the second of three records' results (one per record here); assemble: the fifth sample
+    code = KILL_CHILD.format(repo=str(REPO), kill_after=2 if where == "produce" else 5, where=where, genome=str(genome), out=str(out),
                              workers=workers)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == -9, run.stderr
@@ -187,7 +188,9 @@ def test_block_fasta_readers_agree_with_the_line_reader(tmp_path):
     """The block-based readers the builds use give read_fasta's records, or its error, on fresh
     random FASTA-like text (blank lines, empty records, nameless headers, '>' inside a line,
     whitespace in sequences, no final newline), for block sizes that cut lines anywhere."""
-    from data_pipeline.readers import fasta_records, read_fasta, stream_fasta
+    from data_pipeline.build_parallel import OrderedPool
+    from data_pipeline.fasta_scan import read_bases, scan_fasta
+    from data_pipeline.readers import fasta_records, read_fasta
 
     rng = random.Random()
     path = tmp_path / "x.fa"
@@ -212,7 +215,9 @@ def test_block_fasta_readers_agree_with_the_line_reader(tmp_path):
         expected = outcome(lambda: [(r.name, r.sequence, r.line) for r in read_fasta(path)])
         for size in (3, 11, 1 << 20):
             assert outcome(lambda: list(fasta_records(path, size))) == expected
-            assert outcome(lambda: [(r.name, "".join(r.chunks), r.line) for r in stream_fasta(path, size)]) == expected
+            with OrderedPool(1) as pool:
+                assert outcome(lambda: [(r.name, read_bases(path, r.pieces[0], 0, r.length).decode(), r.line)
+                                        for r in scan_fasta(path, pool, block_bytes=size)]) == expected
 
 
 def test_cluster_table_arrays_match_a_dict_on_an_ungrouped_table(tmp_path):
