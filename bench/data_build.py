@@ -3,7 +3,9 @@
 Synthetic inputs are generated here (a soft-masked genome with N-runs; random proteins with a
 cluster table; real SMILES from the demo file repeated). Each build runs in a fresh child
 process; peak RSS is the largest `ru_maxrss` of the build's main process and of its worker
-processes (each is reported). Usage:
+processes (each is reported), CPU seconds are the main process's and all workers' together
+(how much of the work the workers took; on a loaded machine the wall time says little).
+A probe before and after measures what 2 processes can get on the machine. Usage:
 
     python bench/data_build.py --out /tmp/bench_data [--sizes small|large|both] [--modalities dna,protein,molecules]
 
@@ -84,8 +86,9 @@ sys.path.insert(0, {repo!r})
 start = time.perf_counter()
 {call}
 wall = time.perf_counter() - start
-print(json.dumps({{"wall_s": wall, "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+main, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({{"wall_s": wall, "main_rss_mb": main.ru_maxrss / 1024, "worker_rss_mb": workers.ru_maxrss / 1024,
+                  "main_cpu_s": main.ru_utime + main.ru_stime, "worker_cpu_s": workers.ru_utime + workers.ru_stime}}))
 """
 
 
@@ -131,7 +134,8 @@ def bench(modality: str, size_index: int, workers: int, root: Path) -> dict:
     samples = sum(s["samples"] for s in manifest["splits"].values())
     return dict(modality=modality, size=size, workers=workers, input_mb=round(input_bytes / 2**20, 1),
                 samples=samples, wall_s=round(result["wall_s"], 2), main_rss_mb=round(result["main_rss_mb"]),
-                worker_rss_mb=round(result["worker_rss_mb"]),
+                worker_rss_mb=round(result["worker_rss_mb"]), main_cpu_s=round(result["main_cpu_s"], 2),
+                worker_cpu_s=round(result["worker_cpu_s"], 2),
                 mb_per_s=round(input_bytes / 2**20 / result["wall_s"], 2), units_per_s=round(size / result["wall_s"]))
 
 
@@ -178,11 +182,13 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(json.dumps(parallel_capacity()), flush=True)
-    print("\n| modality | input | size | workers | samples | wall s | MB/s | size/s | peak RSS main / worker MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| modality | input | size | workers | samples | wall s | MB/s | size/s | CPU s main / workers "
+          "| peak RSS main / worker MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['modality']} | {r['input_mb']} MB | {r['size']:,} | {r['workers']} | {r['samples']:,} | "
-              f"{r['wall_s']} | {r['mb_per_s']} | {r['units_per_s']:,} | {r['main_rss_mb']} / {r['worker_rss_mb']} |")
+              f"{r['wall_s']} | {r['mb_per_s']} | {r['units_per_s']:,} | {r['main_cpu_s']} / {r['worker_cpu_s']} | "
+              f"{r['main_rss_mb']} / {r['worker_rss_mb']} |")
 
 
 if __name__ == "__main__":
