@@ -89,7 +89,7 @@ class BuildContext:
     def encode(self, fn: Callable, batch_iter) -> None:
         """Run `fn(item) -> Encoded` over batches in the pool (the workers write the compressed
         bytes themselves); index the results in input order."""
-        for results in self.pool.map_batches(partial(spill_batch, fn, str(self.writer.folder)), batch_iter):
+        for results in self.pool.map_batches(partial(spill_batch, fn, str(self.writer.folder), self.writer.seed), batch_iter):
             for encoded in results:
                 self.writer.add(encoded)
 
@@ -250,37 +250,58 @@ def _split_of(entry: list, threshold: int) -> str:
     return "validation" if entry[2] <= threshold else "train"
 
 
-def _layout(entries, shard_bytes: int):
-    """Consecutive samples into shards of about `shard_bytes` raw bytes; a layout group (a DNA
-    record) starts a new shard rather than straddle two when it fits in one. Streams: holds
-    one layout group's index entries at a time."""
-    current: list = []
-    current_bytes = 0
-    for run in _runs(entries):
-        run_bytes = sum(e[0][5] for e in run)
-        for position, item in enumerate(run):
+class _ShardLayout:
+    """Consecutive samples of one split into shards of about `shard_bytes` raw bytes; a layout
+    group (a DNA record) starts a new shard rather than straddle two when it fits in one.
+    Fed one sample at a time, holding one layout group's index entries and one shard's."""
+
+    def __init__(self, shard_bytes: int):
+        self.shard_bytes = shard_bytes
+        self.current: list = []
+        self.current_bytes = 0
+        self.run: list = []
+
+    def add(self, item) -> list:
+        """Shards completed by this sample (usually none)."""
+        done = []
+        if self.run and item[0][4] != self.run[-1][0][4]:
+            done = self._place_run()
+        self.run.append(item)
+        return done
+
+    def finish(self) -> list:
+        done = self._place_run() if self.run else []
+        if self.current:
+            done.append(self.current)
+        return done
+
+    def _place_run(self) -> list:
+        done = []
+        run_bytes = sum(e[0][5] for e in self.run)
+        for position, item in enumerate(self.run):
             size = item[0][5]
-            if current and (current_bytes + size > shard_bytes
-                            or (position == 0 and run_bytes <= shard_bytes
-                                and current_bytes + run_bytes > shard_bytes)):
-                yield current
-                current, current_bytes = [], 0
-            current.append(item)
-            current_bytes += size
-    if current:
-        yield current
+            if self.current and (self.current_bytes + size > self.shard_bytes
+                                 or (position == 0 and run_bytes <= self.shard_bytes
+                                     and self.current_bytes + run_bytes > self.shard_bytes)):
+                done.append(self.current)
+                self.current, self.current_bytes = [], 0
+            self.current.append(item)
+            self.current_bytes += size
+        self.run = []
+        return done
 
 
-def _runs(entries):
-    run, layout = [], None
+def _shards(entries, splits: list[str], threshold: int, shard_bytes: int):
+    """(split, shard entries) in one pass over the merged index: every split is laid out at
+    once, each in input order; a split's shards come in their order."""
+    layouts = {split: _ShardLayout(shard_bytes) for split in splits}
     for item in entries:
-        if run and item[0][4] != layout:
-            yield run
-            run = []
-        layout = item[0][4]
-        run.append(item)
-    if run:
-        yield run
+        split = _split_of(item[0], threshold)
+        for shard in layouts[split].add(item):
+            yield split, shard
+    for split in splits:
+        for shard in layouts[split].finish():
+            yield split, shard
 
 
 def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path], pool: OrderedPool) -> dict:
@@ -301,15 +322,12 @@ def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path],
         "seed": first["seed"], "val_fraction": first["val_fraction"], "splits": {},
     }
     explicit = {s for info in infos for s in info.get("explicit_splits", [])}
+    splits = [split for split in BUILD_SPLITS if split != "test" or split in explicit]
     bar = build_progress(sum(info["samples"] for info in infos), f"writing {first['modality']} shards",
                          "sample", progress)
     try:
-        for split in BUILD_SPLITS:
-            if split == "test" and split not in explicit:
-                continue
-            entries = (item for item in _merged(parts) if _split_of(item[0], threshold) == split)
-            manifest["splits"][split] = _write_split(out, split, _layout(entries, first["shard_bytes"]),
-                                                     parts, bar, written, pool)
+        manifest["splits"] = _write_shards(out, _shards(_merged(parts), splits, threshold, first["shard_bytes"]),
+                                           splits, parts, bar, written, pool)
         written.append(out / MANIFEST_NAME)
         write_manifest(out, manifest)
     finally:
@@ -317,30 +335,38 @@ def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path],
     return manifest
 
 
-def _write_split(out: Path, split: str, shards, parts: list[Path], bar, written: list[Path],
-                 pool: OrderedPool) -> dict:
-    """The shards of one split, written by the workers; the manifest's entries in shard order."""
-    shard_entries = []
-    groups = 0
-    tasks: deque = deque()  # the token counts of each shard in flight, in order
+def _write_shards(out: Path, shards, splits: list[str], parts: list[Path], bar, written: list[Path],
+                  pool: OrderedPool) -> dict:
+    """Every shard written by the workers; the manifest's splits with their shards in order."""
+    result = {split: {"shards": [], "samples": 0, "tokens": 0, "groups": 0} for split in splits}
+    in_flight: deque = deque()  # (split, token counts) of each shard handed out, in order
+    payload_paths: dict = {}  # (part position, file name) -> path: one Path join per file, not per sample
 
-    def shard_tasks():
-        nonlocal groups
-        for shard_index, shard in enumerate(shards):
-            name = f"{split}-{shard_index:05d}.tar"
+    def payload(position: int, name: str) -> str:
+        key = (position, name)
+        if key not in payload_paths:
+            payload_paths[key] = str(parts[position] / name)
+        return payload_paths[key]
+
+    def tasks():
+        for split, shard in shards:
+            name = f"{split}-{len(result[split]['shards']) + sum(s == split for s, _ in in_flight):05d}.tar"
             written.append(out / name)
-            groups += sum(entry[3] for entry, _ in shard)
-            tasks.append([entry[6] for entry, _ in shard])
-            yield [(str(out / name), [(str(parts[position] / entry[7]), entry[8], entry[9], entry[10])
+            result[split]["groups"] += sum(entry[3] for entry, _ in shard)
+            in_flight.append((split, [entry[6] for entry, _ in shard]))
+            yield [(str(out / name), [(payload(position, entry[7]), entry[8], entry[9], entry[10])
                                       for entry, position in shard])]
 
-    for (name, digest, size) in (r for batch in pool.map(_write_shard, shard_tasks()) for r in batch):
-        sample_tokens = tasks.popleft()
-        shard_entries.append({"name": name, "sha256": digest, "bytes": size, "samples": len(sample_tokens),
-                              "tokens": sum(sample_tokens), "sample_tokens": sample_tokens})
+    for name, digest, size in (r for batch in pool.map(_write_shard, tasks()) for r in batch):
+        split, sample_tokens = in_flight.popleft()
+        entry = {"name": name, "sha256": digest, "bytes": size, "samples": len(sample_tokens),
+                 "tokens": sum(sample_tokens), "sample_tokens": sample_tokens}
+        result[split]["shards"].append(entry)
+        result[split]["samples"] += entry["samples"]
+        result[split]["tokens"] += entry["tokens"]
         bar.update(len(sample_tokens))
-    return {"shards": shard_entries, "samples": sum(e["samples"] for e in shard_entries),
-            "tokens": sum(e["tokens"] for e in shard_entries), "groups": groups}
+    return {split: {"shards": info["shards"], "samples": info["samples"], "tokens": info["tokens"],
+                    "groups": info["groups"]} for split, info in result.items()}
 
 
 def _write_shard(task) -> tuple[str, str, int]:

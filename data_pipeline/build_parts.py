@@ -83,9 +83,10 @@ def encode_sample(order: tuple, name: str, sequences: list[str], tokens: int, sp
             _compressor.compress(text), _compressor.compress(meta))
 
 
-def spill_batch(fn, folder: str, batch: list) -> list[Encoded]:
+def spill_batch(fn, folder: str, seed: int, batch: list) -> list[Encoded]:
     """Worker side: `fn(item) -> Encoded` for each item, the compressed members appended to this
-    process's payload file of the part and replaced by their place (file, offset, lengths)."""
+    process's payload file of the part and replaced by their place (file, offset, lengths); the
+    group's split rank and the layout hash are computed here too, off the main process."""
     results = [fn(item) for item in batch]
     handle = _spills.get(folder)
     if handle is None:
@@ -97,7 +98,9 @@ def spill_batch(fn, folder: str, batch: list) -> list[Encoded]:
         for order, split, group, layout, raw_bytes, tokens, seq_zst, meta_zst in encoded.samples:
             handle.write(seq_zst)
             handle.write(meta_zst)
-            placed.append((order, split, group, layout, raw_bytes, tokens, (name, offset, len(seq_zst), len(meta_zst))))
+            rank = group_rank(group, seed) if split is None else 0
+            placed.append((order, split, group, rank, stable_hash(layout), raw_bytes, tokens,
+                           name, offset, len(seq_zst), len(meta_zst)))
             offset += len(seq_zst) + len(meta_zst)
         encoded.samples = placed
     handle.flush()  # the main process indexes these bytes as soon as the results arrive
@@ -137,7 +140,7 @@ class PartWriter:
         self.examples.extend(encoded.examples)
         del self.examples[INVALID_EXAMPLES:]
         self.vocab |= encoded.vocab
-        for order, split, group, layout, raw_bytes, tokens, (file, offset, seq_len, meta_len) in encoded.samples:
+        for order, split, group, rank, layout_hash, raw_bytes, tokens, file, offset, seq_len, meta_len in encoded.samples:
             if self._previous_order is not None and order <= self._previous_order:
                 raise AssertionError(f"samples out of order: {order} after {self._previous_order}")
             self._previous_order = order
@@ -145,8 +148,7 @@ class PartWriter:
             self._previous_group = group
             self.groups += new_group
             self.hashed_groups += new_group and split is None
-            self._index.write(json.dumps([order, split, group_rank(group, self.seed) if split is None else 0,
-                                          int(new_group), stable_hash(layout), raw_bytes, tokens,
+            self._index.write(json.dumps([order, split, rank, int(new_group), layout_hash, raw_bytes, tokens,
                                           file, offset, seq_len, meta_len]) + "\n")
             self.samples += 1
 
