@@ -17,6 +17,7 @@ no process holds a chromosome. A gzipped genome is decompressed once into the wo
 """
 from __future__ import annotations
 
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -186,23 +187,21 @@ def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_l
     def produce(ctx) -> dict:
         for name in ("records", "bases") + (("n_run_bases", "dropped_short_bases") if not bed else ()):
             ctx.count_stat(name, 0)
-        plain = [seekable_copy(p, ctx.writer.folder / "inputs") for p in inputs]
-        bar = ctx.progress(sum(Path(p).stat().st_size for p in plain), "scanning FASTA", "B")
+        copies = ctx.writer.folder / "inputs"  # decompressed gzip inputs, removed when encoded
         try:
-            # windows: unknown symbols anywhere in a record are refused (in N-runs too); BED: in the
-            # intervals only, when they are encoded; BED needs no runs
-            scanned = list(_scanned(ctx, inputs, plain, min_n_run if not bed else 1 << 62,
-                                    unknown == "error" and not bed, bar))
+            plain = [seekable_copy(p, copies) for p in inputs]
+            with ctx.progress(sum(Path(p).stat().st_size for p in plain), "scanning FASTA", "B") as bar:
+                # windows: unknown symbols anywhere in a record are refused (in N-runs too); BED: in
+                # the intervals only, when they are encoded; BED needs no runs
+                scanned = list(_scanned(ctx, inputs, plain, min_n_run if not bed else 1 << 62,
+                                        unknown == "error" and not bed, bar))
+            owned = sum(r[4].length for r in scanned if ctx.owns(f"{Path(r[2]).name}:{r[4].name}"))
+            with ctx.progress(owned, "encoding windows", "base") as bar:
+                tasks = (_bed_tasks(ctx, scanned, bed, inputs) if bed else
+                         _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown))
+                ctx.encode(partial(_encode_windows, unknown=unknown), _counted(batches(tasks, _size), bar))
         finally:
-            bar.close()
-        owned = sum(r[4].length for r in scanned if ctx.owns(f"{Path(r[2]).name}:{r[4].name}"))
-        bar = ctx.progress(owned, "encoding windows", "base")
-        try:
-            tasks = (_bed_tasks(ctx, scanned, bed, inputs) if bed else
-                     _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown))
-            ctx.encode(partial(_encode_windows, unknown=unknown), _counted(batches(tasks, _size), bar))
-        finally:
-            bar.close()
+            shutil.rmtree(copies, ignore_errors=True)
         hint = (f"no interval of {bed} found" if bed else
                 f"no window of >= --min-window-len={min_window_len} bases outside N-runs of "
                 f">= --min-n-run={min_n_run}; lower --min-window-len or add input")

@@ -264,6 +264,9 @@ def test_bed_intervals_become_exactly_those_samples_and_splits(genome, tmp_path)
         assert got == sorted((f"{c}:{s}-{e}", records[c][s:e].upper()) for c, s, e in intervals)
     assert samples["test"][0][1][0][:900] == records["chrB"][100:1000].upper()  # soft-masked -> upper case
     assert manifest["stats"]["intervals_validation"] == 1 and manifest["splits"]["test"]["samples"] == 1
+    # the gzip input's decompressed copy does not outlive the encoding (a part keeps only its samples)
+    build_dna([str(gz)], str(tmp_path / "parts"), bed=str(bed), part="0/2", progress=False)
+    assert sorted(p.name for p in (tmp_path / "parts" / "part-00000-of-00002").iterdir() if p.is_dir()) == []
 
 
 @pytest.mark.parametrize("content,message", [
