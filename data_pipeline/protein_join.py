@@ -34,15 +34,15 @@ from pathlib import Path
 
 from data_pipeline.build_parts import Encoded, encode_sample
 from data_pipeline.byte_blocks import blocks, data_start, line_of, read_range, seekable_copy
-from data_pipeline.errors import InputFormatError
+from data_pipeline.errors import InputFormatError, UnknownSymbolError
 from data_pipeline.readers import _fasta_record, accession_keys
 from data_pipeline.tokenizers import ProteinTokenizer
 
 JOIN_DIR = "join"
-BUCKET_BYTES = 8 << 20  # input bytes per bucket: what one join or group task holds in memory
-RANGE_BYTES = 4 << 20  # input bytes per read task (more for huge inputs: at most MAX_RANGES per file)
+BUCKET_BYTES = 4 << 20  # input bytes per bucket: what one join or group task holds in memory
+MAX_BUCKETS = 1024  # bounds the files per bucket kind (buckets x workers); larger inputs get larger buckets
+RANGE_BYTES = 1 << 20  # input bytes per read task (more for huge files: at most MAX_RANGES per file)
 MAX_RANGES = 4096
-MAX_BUCKETS = 256
 _LINE_BITS = 32
 
 
@@ -83,10 +83,15 @@ def _bucket_lines(folder: Path, kind: str, bucket: int) -> tuple[list[Path], lis
     return files, rows
 
 
-# ------------------------------------------------------------------------- 1. table ranges
-def table_range(task) -> tuple[int, int]:
-    """Worker: rows of one table range into member buckets; returns (rows, newlines)."""
-    folder, buckets, path, source, index, start, end = task
+# ------------------------------------------------------------------------- 1. + 2. read ranges
+def read_range_task(task, folder: str, buckets: int) -> tuple[int, int]:
+    """Worker: one range of the table or of a FASTA file -> (rows or records, newlines)."""
+    kind, *where = task
+    return (table_range if kind == "table" else fasta_range)(folder, buckets, *where)
+
+
+def table_range(folder: str, buckets: int, path: str, source: str, index: int, start: int, end: int):
+    """Rows of one table range into member buckets; returns (rows, newlines)."""
     text = _text(path, source, start, end)
     lines: dict[int, list[str]] = {}
     rows = 0
@@ -104,12 +109,10 @@ def table_range(task) -> tuple[int, int]:
     return rows, text.count("\n")
 
 
-# ------------------------------------------------------------------------- 2. FASTA ranges
-def fasta_range(task) -> tuple[int, int]:
-    """Worker: records of one FASTA range (it starts at a header, or is a file's first range):
+def fasta_range(folder: str, buckets: int, path: str, source: str, index: int, start: int, end: int):
+    """Records of one FASTA range (it starts at a header, or is a file's first range):
     sequences into this process's spill, record names into member buckets. Returns
     (records, newlines). The same errors as `readers.fasta_records`."""
-    folder, buckets, path, source, index, start, end = task
     text = _text(path, source, start, end)
     newlines = text.count("\n")
     number = 0
@@ -235,13 +238,20 @@ def group_bucket(bucket: int, folder: str, min_members: int, cluster_cut: int | 
     samples = []
     with _Spills(folder) as spills:
         for order, name, members in items:
-            sequences = [tokenizer.normalize(spills.read(location), unknown, _where(record, member, places))
+            sequences = [_normalized(tokenizer, spills.read(location), unknown, record, member, places)
                          for record, member, location in members]
             samples.append(encode_sample(order, name, sequences, sum(map(len, sequences)), name, name))
     for path in files:
         path.unlink()
     return Encoded(samples, counters={"clusters": len(samples), "clusters_in_table": len(clusters),
                                       "unclustered_sequences": len(unmatched)})
+
+
+def _normalized(tokenizer, text: str, unknown: str, record: int, name: str, places: tuple) -> str:
+    try:
+        return tokenizer.normalize(text, unknown)
+    except UnknownSymbolError:  # the same error again, now naming the record (only built on error)
+        return tokenizer.normalize(text, unknown, _where(record, name, places))
 
 
 def _where(record: int, name: str, places: tuple) -> str:
@@ -295,33 +305,40 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
     copies = [seekable_copy(path, folder) for path in inputs]
     total = table_copy.stat().st_size + sum(p.stat().st_size for p in copies)
     buckets = max(1, min(MAX_BUCKETS, total // BUCKET_BYTES + 1))
+    table_ranges = _ranges(table_copy, b"\n")
+    if not table_ranges:
+        raise InputFormatError(f"{table}: empty cluster table")
+    fasta_ranges = []  # (input, range) of every FASTA range: its index is the record ids' range part
+    for position, (path, source) in enumerate(zip(copies, inputs)):
+        ranges = _ranges(path, b"\n>")
+        if not ranges:
+            raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+        fasta_ranges += [(position, range_) for range_ in ranges]
+    tasks = [[("table", str(table_copy), table, index, *range_)] for index, range_ in enumerate(table_ranges)]
+    tasks += [[("fasta", str(copies[position]), str(inputs[position]), index, *range_)]
+              for index, (position, range_) in enumerate(fasta_ranges)]
     bar = ctx.progress(total, "reading cluster table and FASTA", "B")
-
-    def read(fn, path: Path, source: str, marker: bytes, first_index: int):
-        tasks = [[(str(folder), buckets, str(path), source, first_index + i, start, end)]
-                 for i, (start, end) in enumerate(_ranges(path, marker))]
-        for task, [result] in zip(tasks, ctx.pool.map(fn, tasks)):
-            bar.update(task[0][6] - task[0][5])
-            yield result
-
-    table_lines, rows = [1], 0
-    for count, newlines in read(table_range, table_copy, table, b"\n", 0):
+    results = ctx.pool.map(partial(read_range_task, folder=str(folder), buckets=buckets), tasks)
+    table_lines, rows = [1], 0  # first line of each table range
+    for start, end in table_ranges:
+        [(count, newlines)] = next(results)
+        bar.update(end - start)
         rows += count
         table_lines.append(table_lines[-1] + newlines)
     if not rows:
         raise InputFormatError(f"{table}: empty cluster table")
-    range_input, range_line = [], []
-    for position, (path, source) in enumerate(zip(copies, map(str, inputs))):
-        records, line = 0, 1
-        for count, newlines in read(fasta_range, path, source, b"\n>", len(range_input)):
-            if len(range_input) % ctx.count == ctx.index:
-                ctx.count_stat("sequences", count)
-            range_input.append(position)
-            range_line.append(line)
-            records += count
-            line += newlines
-        if not records:
-            raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+    range_line, records, line = [], 0, 1  # first line of each FASTA range in its file
+    for index, (position, (start, end)) in enumerate(fasta_ranges):
+        [(count, newlines)] = next(results)
+        bar.update(end - start)
+        if index % ctx.count == ctx.index:
+            ctx.count_stat("sequences", count)
+        range_line.append(line)
+        records, line = records + count, line + newlines
+        if index + 1 == len(fasta_ranges) or fasta_ranges[index + 1][0] != position:  # the file's last range
+            if not records:
+                raise InputFormatError(f"{inputs[position]}: no FASTA records ('>' headers) found; check the file")
+            records, line = 0, 1
     bar.close()
 
     def each_bucket(fn, which):
@@ -344,7 +361,7 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
             records = heapq.nsmallest(max_clusters, records + bucket_records)
         cluster_cut, kept = _cut(firsts, max_clusters)
         record_cut, _ = _cut(records[:max_clusters - kept], max_clusters - kept)
-    places = ([str(p) for p in inputs], range_input, range_line)
+    places = ([str(p) for p in inputs], [position for position, _ in fasta_ranges], range_line)
     group = partial(group_bucket, folder=str(folder), min_members=min_members, cluster_cut=cluster_cut,
                     record_cut=record_cut, places=places, unknown=unknown)
     ctx.encode(group, ([b] for b in range(buckets) if ctx.owns_bucket(b)))
