@@ -24,7 +24,6 @@ line in range), packed into one int each (range << 32 | line): sorting them is i
 from __future__ import annotations
 
 import heapq
-import mmap
 import os
 import shutil
 import zlib
@@ -261,25 +260,24 @@ def _where(record: int, name: str, places: tuple) -> str:
 
 
 class _Spills:
-    """Read-only maps of the sequence spills, opened on first use."""
+    """The sequence spills, read with pread (an mmap would count every page touched in the RSS)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.maps: dict[str, mmap.mmap] = {}
+        self.files: dict[str, int] = {}
 
     def read(self, location: tuple) -> str:
         pid, offset, length = location
-        if pid not in self.maps:
-            with open(self.folder / f"s{pid}", "rb") as handle:
-                self.maps[pid] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        return self.maps[pid][offset:offset + length].decode("utf-8")
+        if pid not in self.files:
+            self.files[pid] = os.open(self.folder / f"s{pid}", os.O_RDONLY)
+        return os.pread(self.files[pid], length, offset).decode("utf-8")
 
     def __enter__(self) -> "_Spills":
         return self
 
     def __exit__(self, *exc) -> None:
-        for mapped in self.maps.values():
-            mapped.close()
+        for descriptor in self.files.values():
+            os.close(descriptor)
 
 
 # ------------------------------------------------------------------------- main side
@@ -304,7 +302,7 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
     table_copy = seekable_copy(table, folder)
     copies = [seekable_copy(path, folder) for path in inputs]
     total = table_copy.stat().st_size + sum(p.stat().st_size for p in copies)
-    buckets = max(1, min(MAX_BUCKETS, total // BUCKET_BYTES + 1))
+    buckets = max(1, min(MAX_BUCKETS, -(-total // BUCKET_BYTES)))  # at most BUCKET_BYTES each
     table_ranges = _ranges(table_copy, b"\n")
     if not table_ranges:
         raise InputFormatError(f"{table}: empty cluster table")
