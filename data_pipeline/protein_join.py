@@ -307,10 +307,8 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
     if not table_ranges:
         raise InputFormatError(f"{table}: empty cluster table")
     fasta_ranges = []  # (input, range) of every FASTA range: its index is the record ids' range part
-    for position, (path, source) in enumerate(zip(copies, inputs)):
-        ranges = _ranges(path, b"\n>")
-        if not ranges:
-            raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+    for position, path in enumerate(copies):
+        ranges = _ranges(path, b"\n>") or [(0, 0)]  # an empty file: one empty range, no records
         fasta_ranges += [(position, range_) for range_ in ranges]
     tasks = [[("table", str(table_copy), table, index, *range_)] for index, range_ in enumerate(table_ranges)]
     tasks += [[("fasta", str(copies[position]), str(inputs[position]), index, *range_)]
