@@ -286,23 +286,34 @@ def _ranges(path: Path, marker: bytes) -> list[tuple[int, int]]:
     return blocks(path, data_start(path), size, max(RANGE_BYTES, size // MAX_RANGES), marker)
 
 
-def _cut(kept: list[int], limit: int) -> tuple[int | None, int]:
-    """(last id kept: None for all, -1 for none; how many kept) when the first `limit` ids are kept."""
-    if limit <= 0:
-        return -1, 0
-    return (kept[-1] if len(kept) == limit else None), len(kept)
+class _Smallest:
+    """The `limit` smallest ids offered in ascending runs: a max-heap of at most `limit` ids."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._heap: list[int] = []  # negated ids
+
+    def offer(self, ascending: list[int]) -> None:
+        for value in ascending:
+            if len(self._heap) < self.limit:
+                heapq.heappush(self._heap, -value)
+            elif self._heap and value < -self._heap[0]:
+                heapq.heapreplace(self._heap, -value)
+            else:
+                break  # the rest of the run is larger still
+
+    def cut(self, count: int) -> tuple[int | None, int]:
+        """(the largest id kept when keeping the first `count`: None for all, -1 for none; how many)."""
+        kept = sorted(-value for value in self._heap)[:max(0, count)]
+        if count <= 0:
+            return -1, 0
+        return (kept[-1] if len(kept) == count else None), len(kept)
 
 
-def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_clusters: int | None,
-                    unknown: str) -> None:
-    """Join `table` with the FASTA `inputs` in the workers and feed the clusters this part owns
-    to `ctx.encode`."""
-    folder = ctx.writer.folder / JOIN_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    table_copy = seekable_copy(table, folder)
-    copies = [seekable_copy(path, folder) for path in inputs]
-    total = table_copy.stat().st_size + sum(p.stat().st_size for p in copies)
-    buckets = max(1, min(MAX_BUCKETS, -(-total // BUCKET_BYTES)))  # at most BUCKET_BYTES each
+def _read_inputs(ctx, folder: Path, buckets: int, table: str, table_copy: Path, inputs: list[str],
+                 copies: list[Path]) -> tuple[list[int], tuple]:
+    """Passes 1 and 2 in the pool (table ranges first, so its errors come first). Returns the
+    first line of each table range and the places of the FASTA ranges (see `group_bucket`)."""
     table_ranges = _ranges(table_copy, b"\n")
     if not table_ranges:
         raise InputFormatError(f"{table}: empty cluster table")
@@ -313,9 +324,9 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
     tasks = [[("table", str(table_copy), table, index, *range_)] for index, range_ in enumerate(table_ranges)]
     tasks += [[("fasta", str(copies[position]), str(inputs[position]), index, *range_)]
               for index, (position, range_) in enumerate(fasta_ranges)]
-    bar = ctx.progress(total, "reading cluster table and FASTA", "B")
+    bar = ctx.progress(sum(end - start for [(*_, start, end)] in tasks), "reading cluster table and FASTA", "B")
     results = ctx.pool.map(partial(read_range_task, folder=str(folder), buckets=buckets), tasks)
-    table_lines, rows = [1], 0  # first line of each table range
+    table_lines, rows = [1], 0
     for start, end in table_ranges:
         [(count, newlines)] = next(results)
         bar.update(end - start)
@@ -336,29 +347,50 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
                 raise InputFormatError(f"{inputs[position]}: no FASTA records ('>' headers) found; check the file")
             records, line = 0, 1
     bar.close()
+    return table_lines, ([str(p) for p in inputs], [position for position, _ in fasta_ranges], range_line)
+
+
+def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_clusters: int | None,
+                    unknown: str) -> None:
+    """Join `table` with the FASTA `inputs` in the workers and feed the clusters this part owns
+    to `ctx.encode`."""
+    folder = ctx.writer.folder / JOIN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    table_copy = seekable_copy(table, folder)
+    copies = [seekable_copy(path, folder) for path in inputs]
+    total = table_copy.stat().st_size + sum(p.stat().st_size for p in copies)
+    buckets = max(1, min(MAX_BUCKETS, -(-total // BUCKET_BYTES)))  # at most BUCKET_BYTES each
+    table_lines, places = _read_inputs(ctx, folder, buckets, table, table_copy, inputs, copies)
+    owned = [b for b in range(buckets) if ctx.owns_bucket(b)]
+    bar = ctx.progress(buckets * (2 if max_clusters is not None else 1) + len(owned), "joining clusters", "bucket")
 
     def each_bucket(fn, which):
-        return (result for [result] in ctx.pool.map(partial(fn, folder=str(folder)), ([b] for b in which)))
+        for [result] in ctx.pool.map(partial(fn, folder=str(folder)), ([b] for b in which)):
+            bar.update(1)
+            yield result
+
+    def each_handed_out(which):  # ctx.encode takes the batches; the bar counts them as handed out
+        for bucket in which:
+            bar.update(1)
+            yield [bucket]
 
     missing = [m for m in each_bucket(partial(join_bucket, buckets=buckets), range(buckets)) if m is not None]
     if missing:
         row, member = min(missing)
         index, number = _split_id(row)
         raise InputFormatError(f"{table} line {table_lines[index] + number}: member {member!r} is not in the "
-                               f"FASTA input ({', '.join(map(str, inputs))}); pass the FASTA the clusters "
-                               "were computed from")
+                               f"FASTA input ({', '.join(map(str, inputs))}); pass the FASTA the clusters were computed from")
     cluster_cut = record_cut = None
-    if max_clusters is not None:
-        firsts: list[int] = []
-        records: list[int] = []  # at most max_clusters of each: the first ones over all buckets
+    if max_clusters is not None:  # the first max_clusters kept clusters, then unclustered records
+        firsts, records = _Smallest(max_clusters), _Smallest(max_clusters)
         for bucket_firsts, bucket_records in each_bucket(partial(bucket_summary, min_members=min_members,
                                                                  limit=max_clusters), range(buckets)):
-            firsts = heapq.nsmallest(max_clusters, firsts + bucket_firsts)
-            records = heapq.nsmallest(max_clusters, records + bucket_records)
-        cluster_cut, kept = _cut(firsts, max_clusters)
-        record_cut, _ = _cut(records[:max_clusters - kept], max_clusters - kept)
-    places = ([str(p) for p in inputs], [position for position, _ in fasta_ranges], range_line)
+            firsts.offer(bucket_firsts)
+            records.offer(bucket_records)
+        cluster_cut, kept = firsts.cut(max_clusters)
+        record_cut, _ = records.cut(max_clusters - kept)
     group = partial(group_bucket, folder=str(folder), min_members=min_members, cluster_cut=cluster_cut,
                     record_cut=record_cut, places=places, unknown=unknown)
-    ctx.encode(group, ([b] for b in range(buckets) if ctx.owns_bucket(b)))
+    ctx.encode(group, each_handed_out(owned))
+    bar.close()
     shutil.rmtree(folder, ignore_errors=True)
