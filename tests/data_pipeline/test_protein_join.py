@@ -37,13 +37,15 @@ def _corpus(rng: random.Random, clusters: int = 60):
     records = []
     for index in range(clusters * 3):
         accession = f"Q{index:05d}"
-        name = f"sp|{accession}|P{index}_HUMAN" if rng.random() < 0.5 else f"plain{index}"
+        name = f"sp|{accession}|P{index}_HUMAN" if index == 0 or rng.random() < 0.5 else f"plain{index}"
         records.append((name, "".join(rng.choice(RESIDUES) for _ in range(rng.randint(5, 60)))))
     records.append(("tr|Q00000|DUP", "MKV"))  # a second record answering to Q00000
     table_name = {name: (name.split("|")[1] if "|" in name and rng.random() < 0.7 else name)
                   for name, _ in records if name != "tr|Q00000|DUP"}
-    names = list(table_name)
+    table_name[records[0][0]] = "Q00000"  # listed by accession, clustered: both records are members
+    names = list(table_name)[1:]
     rng.shuffle(names)
+    names.insert(rng.randrange(len(names) * 3 // 4), records[0][0])
     clustered, unclustered = names[: len(names) * 3 // 4], names[len(names) * 3 // 4:]
     rows = []
     reps = clustered[:clusters]
@@ -105,7 +107,7 @@ def _samples(build: Path) -> list:
     return sorted(rows)
 
 
-@pytest.mark.parametrize("min_members,max_clusters", [(1, None), (2, None), (1, 50), (2, 7), (1, 0)])
+@pytest.mark.parametrize("min_members,max_clusters", [(1, None), (3, None), (1, 50), (1, 75), (2, 7), (1, 0)])
 def test_join_equals_a_plain_dict_join(min_members, max_clusters, small_pieces, tmp_path):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
