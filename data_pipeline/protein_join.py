@@ -74,12 +74,14 @@ def _append(folder: Path, kind: str, lines: dict[int, list[str]]) -> None:
             handle.write("".join(bucket_lines))
 
 
-def _bucket_lines(folder: Path, kind: str, bucket: int) -> tuple[list[Path], list[list[str]]]:
+def _bucket_lines(folder: Path, kind: str, bucket: int) -> tuple[list[Path], list[str]]:
+    """The files of one bucket (every process's) and their lines (split at '\\n' only: names
+    may hold other line-break characters such as '\\x0b')."""
     files = sorted(folder.glob(f"{kind}{bucket:05d}-*"))
-    rows = []
+    lines = []
     for path in files:
-        rows.extend(line.split("\t") for line in path.read_bytes().decode("utf-8").split("\n") if line)
-    return files, rows
+        lines.extend(path.read_bytes().decode("utf-8").split("\n")[:-1])
+    return files, lines
 
 
 # ------------------------------------------------------------------------- 1. + 2. read ranges
@@ -102,7 +104,7 @@ def table_range(folder: str, buckets: int, path: str, source: str, index: int, s
             raise InputFormatError(f"{source} line {line_of(path, start) + number}: expected "
                                    f"'representative<TAB>member', got {line.strip()[:60]!r}")
         rep, member = fields
-        lines.setdefault(_bucket(member, buckets), []).append(f"T\t{index << _LINE_BITS | number}\t{rep}\t{member}\n")
+        lines.setdefault(_bucket(member, buckets), []).append(f"T\t{member}\t{index << _LINE_BITS | number}\t{rep}\n")
         rows += 1
     _append(Path(folder), "m", lines)
     return rows, text.count("\n")
@@ -139,7 +141,7 @@ def fasta_range(folder: str, buckets: int, path: str, source: str, index: int, s
             keys = accession_keys(name)
             for key in keys:
                 lines.setdefault(_bucket(key, buckets), []).append(
-                    f"R\t{index << _LINE_BITS | number}\t{key}\t{len(keys)}\t{name}\t{pid}\t{offset}\t{len(data)}\n")
+                    f"R\t{key}\t{index << _LINE_BITS | number}\t{len(keys)}\t{name}\t{pid}\t{offset}\t{len(data)}\n")
             pieces.append(data)
             offset += len(data)
             number += chunk.count("\n") + 1
@@ -152,28 +154,30 @@ def fasta_range(folder: str, buckets: int, path: str, source: str, index: int, s
 def join_bucket(bucket: int, folder: str, buckets: int) -> tuple[int, str] | None:
     """Worker: match one member bucket's table rows to records; route each match to the cluster
     bucket of its representative and each unmatched record name to that of the record's name.
-    Returns the first table row (id, member) whose member no record has, or None."""
+    Returns the first table row (id, member) whose member no record has, or None.
+    Lines: T member row rep | R key record keys name pid offset length (the record part after
+    the key is copied as is into M rep row record ... and U record ... lines)."""
     folder = Path(folder)
     files, entries = _bucket_lines(folder, "m", bucket)
     rows: dict[str, list[tuple[str, str]]] = {}
     for entry in entries:
         if entry[0] == "T":
-            rows.setdefault(entry[3], []).append((entry[1], entry[2]))
+            _, member, row, rep = entry.split("\t")
+            rows.setdefault(member, []).append((row, rep))
     matched = set()
     lines: dict[int, list[str]] = {}
     for entry in entries:
         if entry[0] != "R":
             continue
-        _, record, key, keys, name, pid, offset, length = entry
+        _, key, record = entry.split("\t", 2)
         found = rows.get(key)
         if found:
             matched.add(key)
             for row, rep in found:
-                lines.setdefault(_bucket(rep, buckets), []).append(
-                    f"M\t{rep}\t{row}\t{record}\t{name}\t{pid}\t{offset}\t{length}\n")
+                lines.setdefault(_bucket(rep, buckets), []).append(f"M\t{rep}\t{row}\t{record}\n")
         else:
-            lines.setdefault(_bucket(name, buckets), []).append(
-                f"U\t{record}\t{keys}\t{name}\t{pid}\t{offset}\t{length}\n")
+            name = record.split("\t", 3)[2]
+            lines.setdefault(_bucket(name, buckets), []).append(f"U\t{record}\n")
     _append(folder, "c", lines)
     for path in files:
         path.unlink()
@@ -191,10 +195,10 @@ def _cluster_bucket(folder: Path, bucket: int):
     unmatched: dict[int, tuple] = {}
     for entry in entries:
         if entry[0] == "M":
-            _, rep, row, record, name, pid, offset, length = entry
+            _, rep, row, record, _, name, pid, offset, length = entry.split("\t")
             clusters.setdefault(rep, []).append((int(row), int(record), name, (pid, int(offset), int(length))))
         else:
-            _, record, keys, name, pid, offset, length = entry
+            _, record, keys, name, pid, offset, length = entry.split("\t")
             record = int(record)
             misses[record] += 1
             if misses[record] == int(keys):

@@ -242,7 +242,7 @@ def test_cluster_table_ranges_keep_every_row_and_its_line(tmp_path):
     for bucket in range(7):
         for spill in folder.glob(f"m{bucket:05d}-*"):
             for entry in spill.read_text().splitlines():
-                _, row, rep, member = entry.split("\t")
+                _, member, row, rep = entry.split("\t")
                 assert protein_join._bucket(member, 7) == bucket
                 index, number = protein_join._split_id(int(row))
                 found.append((first_lines[index] + number, rep, member))
