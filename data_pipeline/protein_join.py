@@ -1,7 +1,7 @@
 """Protein clusters from FASTA + an MMseqs2 table: an external hash-partitioned join in the workers.
 
-Neither input is held in memory, and the main process reads neither: it cuts both files into
-byte ranges (`byte_blocks`) and collects small results, while the worker processes
+Neither input is held in memory, and the main process does not parse either: it cuts both
+files into byte ranges (`byte_blocks`) and collects small results, while the worker processes
   1. parse table ranges and append each row to a member bucket (hash of the member name);
   2. parse FASTA ranges, append each sequence once to their own sequence spill, and each record's
      names (`accession_keys`) with the sequence's location to the member buckets;
@@ -12,8 +12,10 @@ byte ranges (`byte_blocks`) and collects small results, while the worker process
   4. group each cluster bucket (owned by this `--part`): members in table order, `min_members`,
      `max_clusters` (cut-offs found by a summary pass over the buckets), encoded samples.
 Bucket files are per worker process (`<kind><bucket>-<pid>`), opened for append and closed
-per task, under the build's work folder, and removed when done; a bucket holds about
-`BUCKET_BYTES` of input, which is what one task holds in memory.
+per task, under the build's work folder, and removed when done; a bucket holds at most
+`BUCKET_BYTES` of input (up to `MAX_BUCKETS` buckets, so beyond 4 GB of input a bucket grows),
+which is what one join or group task holds in memory. Every `--part` reads and joins the whole
+input (the cut-offs of `--max-clusters` need all of it) and groups only its own buckets.
 
 Sample order: (cluster bucket, 0, first table row) for a cluster, (cluster bucket, 1, FASTA
 record) for an unclustered sequence: the same for any number of workers or parts, but not the
