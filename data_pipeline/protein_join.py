@@ -385,7 +385,8 @@ def cluster_samples(ctx, inputs: list[str], table: str, min_members: int, max_cl
         row, member = min(missing)
         index, number = _split_id(row)
         raise InputFormatError(f"{table} line {table_lines[index] + number}: member {member!r} is not in the "
-                               f"FASTA input ({', '.join(map(str, inputs))}); pass the FASTA the clusters were computed from")
+                               f"FASTA input ({', '.join(map(str, inputs))}); pass the FASTA the clusters "
+                               "were computed from")
     cluster_cut = record_cut = None
     if max_clusters is not None:  # the first max_clusters kept clusters, then unclustered records
         firsts, records = _Smallest(max_clusters), _Smallest(max_clusters)

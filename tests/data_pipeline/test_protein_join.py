@@ -225,10 +225,12 @@ def test_memory_does_not_grow_with_the_input(tmp_path):
                 size = min(rng.randint(1, 8), count - index)
                 for member in range(index, index + size):
                     seq = os.urandom(rng.randint(50, 550)).translate(letters)
-                    seq_out.write(b">UP%09d\n" % member + b"\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + b"\n")
+                    lines = b"\n".join(seq[i:i + 60] for i in range(0, len(seq), 60))
+                    seq_out.write(b">UP%09d\n" % member + lines + b"\n")
                     table_out.write(f"UP{index:09d}\tUP{member:09d}\n")
                 index += size
-        code = MEMORY_CHILD.format(repo=str(REPO), fasta=str(fasta), table=str(table), out=str(tmp_path / f"out{count}"))
+        code = MEMORY_CHILD.format(repo=str(REPO), fasta=str(fasta), table=str(table),
+                                   out=str(tmp_path / f"out{count}"))
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
         peaks.append(int(run.stdout.split()[-1]))
         assert read_manifest(tmp_path / f"out{count}")["stats"]["sequences"] == count
