@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -59,14 +60,19 @@ def _corpus(rng: random.Random, clusters: int = 60):
     return records, rows, unclustered
 
 
-def _write(folder: Path, records, rows, gz: bool = False) -> tuple[Path, Path]:
-    fasta = "".join(f">{name} some description\n" + "\n".join(seq[i:i + 25] for i in range(0, len(seq), 25)) + "\n"
-                    for name, seq in records)
-    table = "".join(f"{rep}\t{member}\n" for rep, member in rows)
-    paths = folder / ("seqs.fa.gz" if gz else "seqs.fa"), folder / "clusters.tsv"
-    paths[0].write_bytes(gzip.compress(fasta.encode()) if gz else fasta.encode())
-    paths[1].write_text(table)
-    return paths
+def _write(folder: Path, records, rows, gz: bool = False, files: int = 1) -> tuple[list[str], Path]:
+    """The records as `files` FASTA files (the last one gzipped with `gz`) and the table."""
+    paths = []
+    for index in range(files):
+        share = records[index * len(records) // files:(index + 1) * len(records) // files]
+        text = "".join(f">{name} some description\n" + "\n".join(seq[i:i + 25] for i in range(0, len(seq), 25))
+                       + "\n" for name, seq in share).encode()
+        last = gz and index == files - 1
+        paths.append(folder / (f"seqs{index}.fa.gz" if last else f"seqs{index}.fa"))
+        paths[-1].write_bytes(gzip.compress(text) if last else text)
+    table = folder / "clusters.tsv"
+    table.write_text("".join(f"{rep}\t{member}\n" for rep, member in rows))
+    return [str(p) for p in paths], table
 
 
 def _expected(records, rows, min_members: int, max_clusters):
@@ -112,36 +118,36 @@ def test_join_equals_a_plain_dict_join(min_members, max_clusters, small_pieces, 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     records, rows, _ = _corpus(rng)
-    fasta, table = _write(tmp_path, records, rows, gz=max_clusters is None)  # gzip: read from a plain copy
+    fastas, table = _write(tmp_path, records, rows, gz=max_clusters is None, files=2)  # gzip: read from a copy
     expected, alone, in_table = _expected(records, rows, min_members, max_clusters)
     if not expected:
         with pytest.raises(InputFormatError, match="nothing to build"):
-            build_protein([str(fasta)], str(tmp_path / "out"), clusters=str(table), min_members=min_members,
+            build_protein(fastas, str(tmp_path / "out"), clusters=str(table), min_members=min_members,
                           max_clusters=max_clusters, progress=False)
         return
-    manifest = build_protein([str(fasta)], str(tmp_path / "out"), clusters=str(table), min_members=min_members,
+    manifest = build_protein(fastas, str(tmp_path / "out"), clusters=str(table), min_members=min_members,
                              max_clusters=max_clusters, val_fraction=0.2, progress=False)
     assert _samples(tmp_path / "out") == expected, f"seed {seed}"
     stats = manifest["stats"]
     assert (stats["sequences"], stats["unclustered_sequences"], stats["clusters_in_table"], stats["clusters"]) == (
         len(records), alone, in_table, len(expected)), f"seed {seed}"
     assert not any((tmp_path / "out").glob(".build")) and sorted(os.listdir(tmp_path)) == sorted(
-        ["out", fasta.name, table.name])
+        ["out", table.name] + [Path(p).name for p in fastas])
 
 
 @pytest.mark.slow
 def test_any_workers_and_parts_give_the_same_bytes(small_pieces, tmp_path):
     records, rows, _ = _corpus(random.Random(), clusters=100)
-    fasta, table = _write(tmp_path, records, rows)
+    fastas, table = _write(tmp_path, records, rows)
     kwargs = dict(clusters=str(table), max_clusters=150, val_fraction=0.2, shard_mb=3000 / 2**20, progress=False)
-    build_protein([str(fasta)], str(tmp_path / "w1"), **kwargs)
+    build_protein(fastas, str(tmp_path / "w1"), **kwargs)
     reference = {p.name: p.read_bytes() for p in (tmp_path / "w1").iterdir()}
     assert len(reference) >= 4
     for workers in (2, 3):
-        build_protein([str(fasta)], str(tmp_path / f"w{workers}"), workers=workers, **kwargs)
+        build_protein(fastas, str(tmp_path / f"w{workers}"), workers=workers, **kwargs)
         assert {p.name: p.read_bytes() for p in (tmp_path / f"w{workers}").iterdir()} == reference, workers
     for index in range(3):
-        build_protein([str(fasta)], str(tmp_path / "parts"), part=f"{index}/3", workers=2, **kwargs)
+        build_protein(fastas, str(tmp_path / "parts"), part=f"{index}/3", workers=2, **kwargs)
     merge_parts(sorted((tmp_path / "parts").iterdir()), tmp_path / "merged", progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()} == reference
 
@@ -198,6 +204,18 @@ def test_bad_input_is_one_error_naming_file_and_line(damage, small_pieces, tmp_p
 
 
 # VmHWM, not ru_maxrss: a child's ru_maxrss keeps the RSS of the (pytest) process it was forked from
+def test_a_record_of_the_second_fasta_is_named_by_its_file_and_line(small_pieces, tmp_path):
+    records, rows, _ = _corpus(random.Random())
+    name = records[150][0]
+    records[150] = (name, "MKV" * 30 + "*")
+    fastas, table = _write(tmp_path, records, rows, files=2)
+    line = next(n for n, text in enumerate(Path(fastas[1]).read_text().splitlines(), start=1)
+                if text.startswith(f">{name} "))
+    with pytest.raises(UnknownSymbolError, match=rf"'\*' at position 90 in .*seqs1.fa record "
+                                                 rf"'{re.escape(name)}' \(line {line}\)"):
+        build_protein(fastas, str(tmp_path / "out"), clusters=str(table), progress=False)
+
+
 MEMORY_CHILD = """
 import re, sys
 sys.path.insert(0, {repo!r})
