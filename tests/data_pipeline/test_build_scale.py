@@ -220,26 +220,38 @@ def test_block_fasta_readers_agree_with_the_line_reader(tmp_path):
                                         for r in scan_fasta(path, pool, block_bytes=size)]) == expected
 
 
-def test_cluster_table_arrays_match_a_dict_on_an_ungrouped_table(tmp_path):
-    """Cluster ordinals (order of first appearance) and first rows from the compact arrays equal
-    a plain dict's on a fresh shuffled table, where a representative's rows are not together."""
-    import numpy as np
-
-    from data_pipeline.build_protein import _ClusterTable
+def test_cluster_table_ranges_keep_every_row_and_its_line(tmp_path):
+    """The table cut into ~64-byte ranges, each read by `table_range` as a worker does: every row
+    lands once in the bucket of its member, and its id names its line, on a fresh shuffled
+    table (a representative's rows apart) with blank lines, CRLF line ends and a byte-order mark."""
+    from data_pipeline import protein_join
+    from data_pipeline.byte_blocks import blocks, data_start
 
     rng = random.Random()
     rows = [(f"rep{c}", f"m{c}_{k}") for c in range(200) for k in range(rng.randint(1, 4))]
     rng.shuffle(rows)
+    lines = []
+    for rep, member in rows:
+        lines.extend([""] * (rng.random() < 0.1) + [f"{rep}\t{member}"])
     path = tmp_path / "clusters.tsv"
-    path.write_text("".join(f"{rep}\t{member}\n" for rep, member in rows))
-    table = _ClusterTable(str(path))
-    order, first = {}, {}
-    for row, (rep, _) in enumerate(rows):
-        order.setdefault(rep, len(order))
-        first.setdefault(rep, row)
-    assert table.n_clusters == 200 and table.cluster.tolist() == [order[rep] for rep, _ in rows]
-    assert np.flatnonzero(table.first_row).tolist() == sorted(first.values())
-    assert table.rows_of(["m7_0", "nope"])[1] == [] and rows[table.rows_of(["m7_0"])[0][0]][1] == "m7_0"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    folder = tmp_path / "join"
+    folder.mkdir()
+    ranges = blocks(path, data_start(path), path.stat().st_size, 64)
+    assert len(ranges) > 50
+    first_lines = [1]
+    for index, (start, end) in enumerate(ranges):
+        _, newlines = protein_join.table_range(str(folder), 7, str(path), "clusters.tsv", index, start, end)
+        first_lines.append(first_lines[-1] + newlines)
+    found = []
+    for bucket in range(7):
+        for spill in folder.glob(f"m{bucket:05d}-*"):
+            for entry in spill.read_text().splitlines():
+                _, member, row, rep = entry.split("\t")
+                assert protein_join._bucket(member, 7) == bucket
+                index, number = protein_join._split_id(int(row))
+                found.append((first_lines[index] + number, rep, member))
+    assert sorted(found) == [(n, *text.split("\t")) for n, text in enumerate(lines, start=1) if text]
 
 
 # ----------------------------------------------------------------------------------- BED
