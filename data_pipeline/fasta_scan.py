@@ -227,4 +227,6 @@ def read_bases(path: str | Path, piece: Piece, start: int, end: int) -> bytes:
             chunk = _bases(data)[0]
             chunks.append(chunk)
             have += len(chunk)
-    return b"".join(chunks)[start - piece.first:end - piece.first]
+    chunks[-1] = chunks[-1][:len(chunks[-1]) - (have - need)]  # one join, no copy of the whole again
+    bases = b"".join(chunks)
+    return bases if start == piece.first else bases[start - piece.first:]
