@@ -2,8 +2,9 @@
 
 Synthetic inputs are generated here (a soft-masked genome with N-runs; random proteins with a
 cluster table; real SMILES from the demo file repeated). Each build runs in a fresh child
-process; peak RSS is the largest `ru_maxrss` of the build's main process and of its worker
-processes (each is reported), CPU seconds are the main process's and all workers' together
+process; peak RSS is VmHWM of the build's main process and the largest of its worker
+processes (read every 20 ms while they live; not ru_maxrss, which a child inherits from the
+process it was forked from), CPU seconds are the main process's and all workers' together
 (how much of the work the workers took; on a loaded machine the wall time says little).
 A probe before and after measures what 2 processes can get on the machine. Usage:
 
@@ -81,13 +82,35 @@ def make_smiles(path: Path, lines: int) -> None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, os, re, resource, sys, threading, time
 sys.path.insert(0, {repo!r})
+
+def peak_kb(pid):
+    try:
+        return int(re.search(r"VmHWM:\\s+(\\d+)", open(f"/proc/{{pid}}/status").read()).group(1))
+    except (OSError, AttributeError):
+        return 0
+
+worker_peaks, done = {{}}, threading.Event()
+
+def watch_workers():  # VmHWM of every child process, read every 20 ms while it lives
+    while not done.wait(0.02):
+        for task in os.listdir("/proc/self/task"):
+            try:
+                children = open(f"/proc/self/task/{{task}}/children").read().split()
+            except OSError:
+                continue
+            for pid in children:
+                worker_peaks[pid] = max(worker_peaks.get(pid, 0), peak_kb(pid))
+
+threading.Thread(target=watch_workers, daemon=True).start()
 start = time.perf_counter()
 {call}
 wall = time.perf_counter() - start
+done.set()
 main, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({{"wall_s": wall, "main_rss_mb": main.ru_maxrss / 1024, "worker_rss_mb": workers.ru_maxrss / 1024,
+print(json.dumps({{"wall_s": wall, "main_rss_mb": peak_kb("self") / 1024,
+                  "worker_rss_mb": max(worker_peaks.values(), default=0) / 1024,
                   "main_cpu_s": main.ru_utime + main.ru_stime, "worker_cpu_s": workers.ru_utime + workers.ru_stime}}))
 """
 
