@@ -117,14 +117,14 @@ def run_build(out_dir: str | Path, modality: str, produce: Callable[[BuildContex
     written: list[Path] = [out / WORK_DIR] if single else [folder]
     try:
         with OrderedPool(workers) as pool:
-            info = read_part(folder)
+            info = read_part(folder, digests_of=partial(_digests, pool))
             if info is None or any(info.get(k) != v for k, v in identity.items()):
                 info = _produce_part(folder, produce, identity, seed, pool, progress)
             elif progress:
                 print(f"{folder}: finished part kept (sha256 checked)")
             if not single:
                 return info
-            manifest = _assemble(out, [folder], progress, written, pool)
+            manifest = _assemble(out, [folder], [info], progress, written, pool)
         shutil.rmtree(out / WORK_DIR)
         return manifest
     except Exception as err:  # an interrupt (Ctrl-C, kill) keeps finished parts; a rerun completes the build
@@ -159,8 +159,12 @@ def _produce_part(folder: Path, produce, identity: dict, seed: int, pool: Ordere
         writer.abort()
         raise
     files = writer.files()
-    digests = [d for batch in pool.map(sha256_file, ([f] for f in files)) for d in batch]
-    return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, digests)})
+    return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, _digests(pool, files))})
+
+
+def _digests(pool: OrderedPool, paths: list[Path]) -> list[str]:
+    """sha256 of each file, hashed by the workers."""
+    return [digest for batch in pool.map(sha256_file, ([path] for path in paths)) for digest in batch]
 
 
 def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = True, workers: int = 1) -> dict:
@@ -171,7 +175,8 @@ def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = T
     written: list[Path] = []
     try:
         with OrderedPool(workers) as pool:
-            return _assemble(out, [Path(p) for p in parts], progress, written, pool)
+            parts = [Path(p) for p in parts]
+            return _assemble(out, parts, _check_parts(parts, pool), progress, written, pool)
     except Exception as err:
         _remove_own_files(written, created_dirs)
         if isinstance(err, OSError):
@@ -180,10 +185,12 @@ def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = T
         raise
 
 
-def _check_parts(parts: list[Path]) -> list[dict]:
+def _check_parts(parts: list[Path], pool: OrderedPool) -> list[dict]:
+    """The part.json of each part, its files checked by sha256 (by the workers), and the parts
+    checked to be all of one build."""
     if not parts:
         raise ConfigError("data merge: give the part folders of one build")
-    infos = [require_part(p) for p in parts]
+    infos = [require_part(p, partial(_digests, pool)) for p in parts]
     first = infos[0]
     same = ("modality", "build_args", "parts", "val_fraction", "seed", "shard_bytes")
     for path, info in zip(parts, infos):
@@ -304,10 +311,10 @@ def _shards(entries, splits: list[str], threshold: int, shard_bytes: int):
             yield split, shard
 
 
-def _assemble(out: Path, parts: list[Path], progress: bool, written: list[Path], pool: OrderedPool) -> dict:
+def _assemble(out: Path, parts: list[Path], infos: list[dict], progress: bool, written: list[Path],
+              pool: OrderedPool) -> dict:
     """Split, write every shard atomically (in the workers), then the manifest; `written` grows
-    before each file is opened."""
-    infos = _check_parts(parts)
+    before each file is opened. `infos` are the parts' checked part.json."""
     first = infos[0]
     if sum(info["samples"] for info in infos) == 0:
         raise InputFormatError(f"{', '.join(map(str, first['build_args'].get('inputs', [])))}: nothing to "
@@ -386,4 +393,4 @@ def _write_shard(task) -> tuple[str, str, int]:
     finally:
         for handle in handles.values():
             handle.close()
-    return path.name, sha256_file(path), path.stat().st_size
+    return path.name, writer.sha256, path.stat().st_size

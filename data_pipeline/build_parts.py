@@ -181,8 +181,9 @@ class PartWriter:
         self._index.close()
 
 
-def read_part(folder: Path, check_files: bool = True) -> dict | None:
-    """The part.json of a finished part whose files match their sha256, else None."""
+def read_part(folder: Path, check_files: bool = True, digests_of=None) -> dict | None:
+    """The part.json of a finished part whose files match their sha256, else None.
+    `digests_of(paths) -> [sha256]` may hash them in parallel (default: one after another)."""
     try:
         part = json.loads((folder / PART_FILE).read_text())
     except (OSError, ValueError):
@@ -190,14 +191,21 @@ def read_part(folder: Path, check_files: bool = True) -> dict | None:
     if not isinstance(part, dict) or part.get("format") != PART_FORMAT:
         return None
     if check_files:
-        for name, digest in part.get("files", {}).items():
-            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                return None
+        files = part.get("files", {})
+        paths = [folder / name for name in files]
+        if not all(path.is_file() for path in paths):
+            return None
+        if list((digests_of or _serial_digests)(paths)) != list(files.values()):
+            return None
     return part
 
 
-def require_part(folder: Path) -> dict:
-    part = read_part(Path(folder))
+def _serial_digests(paths: list[Path]) -> list[str]:
+    return [sha256_file(path) for path in paths]
+
+
+def require_part(folder: Path, digests_of=None) -> dict:
+    part = read_part(Path(folder), digests_of=digests_of)
     if part is None:
         raise ManifestError(f"{folder}: not a finished build part (no valid {PART_FILE}, or its files "
                             "changed); rerun its `bioxlstm data build ... --part I/N`")

@@ -18,7 +18,7 @@ from pathlib import Path
 from data_pipeline.byte_blocks import blocks, data_start, read_range
 from data_pipeline.errors import InputFormatError
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 _MASK = bytes(46 if chr(i) in "ACGTacgt" else 78 for i in range(256))  # base '.', anything else 'N'
 
 _ASCII_WHITESPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.split() splits ASCII text on

@@ -61,6 +61,8 @@ class ShardWriter:
         self.path = Path(path)
         self.temp_path = self.path.with_name(f".{self.path.name}.partial")
         self._file = open(self.temp_path, "wb")
+        self._hash = hashlib.sha256()  # of the bytes as written: the manifest's sha256, without reading back
+        self.sha256 = ""
         self._offset = 0
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         self.samples = 0
@@ -68,7 +70,9 @@ class ShardWriter:
 
     def _add_member(self, name: str, payload: bytes) -> None:
         pad = -len(payload) % tarfile.BLOCKSIZE
-        self._file.write(ustar_header(name, len(payload)) + payload + NUL * pad)
+        member = ustar_header(name, len(payload)) + payload + NUL * pad
+        self._hash.update(member)
+        self._file.write(member)
         self._offset += tarfile.BLOCKSIZE + len(payload) + pad
 
     def write(self, key: str, sequences: list[str] | bytes, meta: dict | bytes) -> None:
@@ -86,11 +90,14 @@ class ShardWriter:
         """Finish the archive, flush it to disk, then rename it to its final name."""
         try:
             end = self._offset + 2 * tarfile.BLOCKSIZE  # two zero blocks, then whole records, as tarfile does
-            self._file.write(NUL * (2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
+            tail = NUL * (2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE)
+            self._hash.update(tail)
+            self._file.write(tail)
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self.temp_path, self.path)
+            self.sha256 = self._hash.hexdigest()
         except BaseException:
             self.abort()
             raise
