@@ -23,7 +23,7 @@ from typing import Callable
 
 from data_pipeline.build_parallel import OrderedPool
 from data_pipeline.build_parts import (INVALID_EXAMPLES, PartWriter, iter_index, parse_part, part_name, read_part,
-                                       require_part, spill_batch, stable_hash)
+                                       require_part, spill_batch, stable_hash, synced_digest)
 from data_pipeline.build_progress import build_progress
 from data_pipeline.errors import BuildWriteError, ConfigError, InputFormatError, OutputExistsError
 from data_pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SPLITS, write_manifest
@@ -159,7 +159,8 @@ def _produce_part(folder: Path, produce, identity: dict, seed: int, pool: Ordere
         writer.abort()
         raise
     files = writer.files()
-    return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, _digests(pool, files))})
+    digests = [d for batch in pool.map(synced_digest, ([f] for f in files)) for d in batch]
+    return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, digests)})
 
 
 def _digests(pool: OrderedPool, paths: list[Path]) -> list[str]:

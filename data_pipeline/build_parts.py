@@ -157,8 +157,8 @@ class PartWriter:
         return sorted(self.folder.glob(PAYLOAD_GLOB)) + [self.folder / INDEX_FILE]
 
     def finish(self, info: dict, digests: dict[str, str]) -> dict:
-        """Write part.json, the finished mark; `digests` are the sha256 of `files()` (computed in
-        the workers), taken after `close()`."""
+        """Write part.json, the finished mark; `digests` are the `synced_digest` of `files()`
+        (computed in the workers), taken after `close()`."""
         part = dict(info, format=PART_FORMAT, samples=self.samples, groups=self.groups,
                     hashed_groups=self.hashed_groups,
                     counters=self.counters, examples=self.examples, vocab=sorted(self.vocab),
@@ -169,12 +169,9 @@ class PartWriter:
         return part
 
     def close(self) -> None:
-        """Flush everything of the part to disk (payload files were written by the workers)."""
+        """Stop writing; `synced_digest` then puts each of `files()` on disk and hashes it."""
         close_spills(self.folder)
         self._index.close()
-        for path in self.files():
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
 
     def abort(self) -> None:
         close_spills(self.folder)
@@ -198,6 +195,13 @@ def read_part(folder: Path, check_files: bool = True, digests_of=None) -> dict |
         if list((digests_of or _serial_digests)(paths)) != list(files.values()):
             return None
     return part
+
+
+def synced_digest(path: Path) -> str:
+    """fsync a finished part file, then its sha256 (run by the workers, one file each)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+    return sha256_file(path)
 
 
 def _serial_digests(paths: list[Path]) -> list[str]:
