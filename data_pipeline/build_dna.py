@@ -50,18 +50,17 @@ def _encode_windows(task, unknown: str) -> Encoded:
     return Encoded(samples)
 
 
-def segment_windows(length: int, runs: list, window_len: int, min_window_len: int):
-    """(start, end) of the windows of a record of `length` bases whose N-runs are `runs`, and the
-    bases dropped as too-short tails: each segment between runs is cut from its start."""
-    windows, dropped, begin = [], 0, 0
+def segment_windows(length: int, runs: list, window_len: int, min_window_len: int, dropped: list):
+    """(start, end) of the windows of a record of `length` bases whose N-runs are `runs`, one at a
+    time (a chromosome has thousands); the bases of too-short tails are added to `dropped[0]`.
+    Each segment between runs is cut from its start."""
     for segment_start, segment_end in _segments(length, runs):
         for begin in range(segment_start, segment_end, window_len):
             end = min(begin + window_len, segment_end)
             if end - begin >= min_window_len:
-                windows.append((begin, end))
+                yield begin, end
             else:
-                dropped += end - begin
-    return windows, dropped
+                dropped[0] += end - begin
 
 
 def _segments(length: int, runs: list):
@@ -91,15 +90,19 @@ def _refuse_unknown(record, unknown: str) -> None:
 
 
 def _by_piece(readable, record, windows):
-    """Tasks (path, piece, windows starting in it) in record order; `windows` are sorted by start."""
-    index = 0
-    for piece in record.pieces:
-        own = []
-        while index < len(windows) and windows[index][2] < piece.first + piece.length:
-            own.append(windows[index])
-            index += 1
-        if own:
-            yield str(readable), piece, own
+    """Tasks (path, piece, windows starting in it) in record order, from `windows` (an iterator,
+    sorted by start): one piece's windows are held at a time."""
+    pieces = iter(record.pieces)
+    piece, own = next(pieces), []
+    for window in windows:
+        while window[2] >= piece.first + piece.length:
+            if own:
+                yield str(readable), piece, own
+                own = []
+            piece = next(pieces)
+        own.append(window)
+    if own:
+        yield str(readable), piece, own
 
 
 def _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown):
@@ -111,14 +114,13 @@ def _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown):
         ctx.count_stat("records")
         ctx.count_stat("bases", record.length)
         ctx.count_stat("n_run_bases", sum(end - start for start, end in record.runs))
-        cuts, dropped = segment_windows(record.length, record.runs, window_len, min_window_len)
-        ctx.count_stat("dropped_short_bases", dropped)
-        windows = []
-        for start, end in cuts:
-            name = f"{record_key}:{start}-{end}"
-            windows.append(((file_index, record_index, start), name, start, end, f"{record.where} window {start}-{end}",
-                            name if split_by == "window" else record_key, record_key, None))
+        dropped = [0]
+        windows = (((file_index, record_index, start), f"{record_key}:{start}-{end}", start, end,
+                    f"{record.where} window {start}-{end}",
+                    f"{record_key}:{start}-{end}" if split_by == "window" else record_key, record_key, None)
+                   for start, end in segment_windows(record.length, record.runs, window_len, min_window_len, dropped))
         yield from _by_piece(readable, record, windows)
+        ctx.count_stat("dropped_short_bases", dropped[0])
 
 
 def _bed_tasks(ctx, scanned, bed_path, inputs):

@@ -1,6 +1,6 @@
 """Ordered, bounded parallel map for builds: results come back in input order, so the output
-is the same for any number of worker processes; at most `2 * workers + 1` batches are in
-flight, so memory does not grow with the input."""
+is the same for any number of worker processes; at most `2 * workers + 1` batches (or what the
+caller says) are in flight, so memory does not grow with the input."""
 from __future__ import annotations
 
 import multiprocessing
@@ -36,20 +36,22 @@ class OrderedPool:
         if self.workers > 1:
             self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
 
-    def map(self, fn: Callable, batch_iter: Iterable[list]) -> Iterator[list]:
+    def map(self, fn: Callable, batch_iter: Iterable[list], in_flight: int | None = None) -> Iterator[list]:
         """[fn(item) for item in batch] for every batch, in order."""
-        return self.map_batches(partial(_apply, fn), batch_iter)
+        return self.map_batches(partial(_apply, fn), batch_iter, in_flight)
 
-    def map_batches(self, batch_fn: Callable, batch_iter: Iterable) -> Iterator:
-        """batch_fn(batch) for every batch, in order (a worker handles a whole batch at once)."""
+    def map_batches(self, batch_fn: Callable, batch_iter: Iterable, in_flight: int | None = None) -> Iterator:
+        """batch_fn(batch) for every batch, in order (a worker handles a whole batch at once);
+        at most `in_flight` batches (default 2 * workers + 1) are handed out and not yet returned."""
         if self._pool is None:
             for batch in batch_iter:
                 yield batch_fn(batch)
             return
         pending: deque = deque()
+        limit = in_flight or 2 * self.workers + 1
         for batch in batch_iter:
             pending.append(self._pool.apply_async(batch_fn, (batch,)))
-            if len(pending) > 2 * self.workers:
+            if len(pending) >= limit:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
