@@ -22,7 +22,8 @@ import zstandard
 from data_pipeline.errors import ConfigError, ManifestError
 from data_pipeline.shards import ZSTD_LEVEL, sha256_file
 
-PART_FORMAT = "bioxlstm-build-part"
+PART_FORMAT = "bioxlstm-build-part-2"  # 2: one payload file per worker, ranks counted by RANK_BUCKETS
+RANK_BITS = 12  # split ranks are 64-bit; their top 12 bits count them into 4096 buckets
 PART_FILE = "part.json"
 INDEX_FILE = "index.jsonl"
 PAYLOAD_GLOB = "payload-*.bin"
@@ -133,6 +134,7 @@ class PartWriter:
         self.vocab: set = set()
         self._previous_group = None
         self._previous_order = None
+        self.rank_counts = [0] * (1 << RANK_BITS)  # hashed groups per rank bucket: the split's threshold
 
     def add(self, encoded: Encoded) -> None:
         for key, value in encoded.counters.items():
@@ -147,7 +149,9 @@ class PartWriter:
             new_group = group != self._previous_group
             self._previous_group = group
             self.groups += new_group
-            self.hashed_groups += new_group and split is None
+            if new_group and split is None:
+                self.hashed_groups += 1
+                self.rank_counts[rank >> (64 - RANK_BITS)] += 1
             self._index.write(json.dumps([order, split, rank, int(new_group), layout_hash, raw_bytes, tokens,
                                           file, offset, seq_len, meta_len]) + "\n")
             self.samples += 1
@@ -160,7 +164,7 @@ class PartWriter:
         """Write part.json, the finished mark; `digests` are the `synced_digest` of `files()`
         (computed in the workers), taken after `close()`."""
         part = dict(info, format=PART_FORMAT, samples=self.samples, groups=self.groups,
-                    hashed_groups=self.hashed_groups,
+                    hashed_groups=self.hashed_groups, rank_counts=self.rank_counts,
                     counters=self.counters, examples=self.examples, vocab=sorted(self.vocab),
                     files=digests)
         temp = self.folder / f".{PART_FILE}.partial"

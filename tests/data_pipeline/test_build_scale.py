@@ -422,3 +422,27 @@ def test_memory_does_not_grow_with_the_input(tmp_path):
         peaks.append(int(run.stdout.split()[-1]))
         assert read_manifest(tmp_path / f"out{mbp}")["stats"]["bases"] == mbp * 1_000_000
     assert peaks[1] < 1.1 * peaks[0], peaks
+
+
+@pytest.mark.parametrize("rank_bits", [1, 12])
+def test_validation_split_is_the_smallest_ranked_groups(rank_bits, genome, tmp_path, monkeypatch):
+    """The split threshold comes from the parts' rank counts plus one bucket's ranks; it must pick
+    exactly the round(val_fraction * groups) groups of smallest seeded sha256 rank, computed here
+    independently (2 buckets: hundreds of ranks share one; 4096: a few), also over merged parts."""
+    import hashlib
+
+    from data_pipeline import build_parts
+
+    monkeypatch.setattr(build_parts, "RANK_BITS", rank_bits)
+    monkeypatch.setattr(build_output, "RANK_BITS", rank_bits)
+    seed = random.randrange(1000)
+    kwargs = dict(inputs=[str(genome)], window_len=150, val_fraction=0.23, seed=seed)
+    merged = _build_parts(build_dna, 3, tmp_path, **kwargs)
+    build_dna(out=str(tmp_path / "single"), progress=False, **kwargs)
+    samples = _samples(tmp_path / "single")
+    names = [meta["name"] for rows in samples.values() for meta, _ in rows]
+    rank = {name: int(hashlib.sha256(f"{seed}\0{name}".encode()).hexdigest()[:16], 16) for name in names}
+    n_val = round(0.23 * len(names))
+    assert len(names) > 250 and {meta["name"] for meta, _ in samples["validation"]} == set(
+        sorted(names, key=rank.get)[:n_val])
+    assert _files(merged) == _files(tmp_path / "single")
