@@ -29,7 +29,8 @@ from data_pipeline.tokenizers import split_smiles
 
 ACYCLIC_DOMAIN = "<acyclic>"  # molecules without rings have an empty Murcko scaffold
 FORMATS = ("auto", "icst", "smiles")
-BUCKET_BYTES = 4 << 20  # input bytes per on-disk bucket: what grouping holds in memory at once
+BUCKET_BYTES = 1 << 20  # input bytes per on-disk bucket: what grouping holds in memory at once (~25k
+# molecules; 4 MB made the 1-worker build peak 17 MB higher at 200k SMILES than at 20k)
 _rdkit = None
 
 
