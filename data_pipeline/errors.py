@@ -39,5 +39,9 @@ class BuildWriteError(DataPipelineError):
     """Writing the build failed (disk full, no permission); the files it wrote are removed."""
 
 
+class WorkerDiedError(DataPipelineError):
+    """A build's worker process ended without finishing its task (killed, out of memory)."""
+
+
 class LoaderStateError(DataPipelineError):
     """A loader state_dict does not fit the loader it is loaded into."""

@@ -446,3 +446,26 @@ def test_validation_split_is_the_smallest_ranked_groups(rank_bits, genome, tmp_p
     assert len(names) > 250 and {meta["name"] for meta, _ in samples["validation"]} == set(
         sorted(names, key=rank.get)[:n_val])
     assert _files(merged) == _files(tmp_path / "single")
+
+
+WORKER_DIES = """
+import signal, sys
+sys.path.insert(0, {repo!r})
+from data_pipeline.build_parallel import OrderedPool
+from data_pipeline.errors import WorkerDiedError
+with OrderedPool(2) as pool:
+    assert list(pool.map(abs, [[-1, 2], [-3]])) == [[1, 2], [3]]
+    try:
+        list(pool.map(signal.raise_signal, [[signal.SIGKILL]]))  # the worker running it is killed
+    except WorkerDiedError as err:
+        print("stopped:", err)
+"""
+
+
+def test_a_killed_worker_stops_the_build_with_one_error():
+    """multiprocessing.Pool waited forever for the result of a killed worker (an OOM kill on a
+    cluster node would have hung the build); the pool now raises one error."""
+    run = subprocess.run([sys.executable, "-c", WORKER_DIES.format(repo=str(REPO))], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("stopped: a build worker process died") and "rerun the same command" in run.stdout
