@@ -36,7 +36,7 @@ from pathlib import Path
 from data_pipeline.build_parts import Encoded, encode_sample
 from data_pipeline.byte_blocks import blocks, data_start, line_of, read_range, seekable_copy
 from data_pipeline.errors import InputFormatError, UnknownSymbolError
-from data_pipeline.readers import _fasta_record, accession_keys
+from data_pipeline.readers import _fasta_record, accession_keys, skip_to_first_header
 from data_pipeline.tokenizers import ProteinTokenizer
 
 JOIN_DIR = "join"
@@ -118,13 +118,11 @@ def fasta_range(folder: str, buckets: int, path: str, source: str, index: int, s
     (records, newlines). The same errors as `readers.fasta_records`."""
     text = _text(path, source, start, end)
     newlines = text.count("\n")
-    number = 0
-    while text and not text.startswith(">"):  # only a file's first range: blank lines before the first header
-        head, newline, text = text.partition("\n")
-        if head.strip():
-            raise InputFormatError(f"{source} line {line_of(path, start) + number}: sequence before the "
-                                   "first '>' header; this is not FASTA")
-        number += bool(newline)
+    number = 0  # lines of the range before the current record
+    if not text.startswith(">"):  # only a file's first range (line_of is cheap there): blank lines first
+        first_line = line_of(path, start)
+        text, line = skip_to_first_header(text, source, first_line)
+        number = line - first_line
     if not text:
         return 0, newlines
     folder = Path(folder)

@@ -195,13 +195,7 @@ def fasta_records(path: str | Path, block_chars: int = 1 << 22) -> Iterator[tupl
             if block and not block.endswith("\n"):
                 block += handle.readline()
             if pending is None:  # before the first header: only blank lines allowed
-                text = block
-                while text and not text.startswith(">"):
-                    head, newline, text = text.partition("\n")
-                    if head.strip():
-                        raise InputFormatError(f"{source} line {line}: sequence before the first '>' "
-                                               "header; this is not FASTA")
-                    line += bool(newline)
+                text, line = skip_to_first_header(block, source, line)
                 if not text:
                     if not block:
                         break
@@ -218,6 +212,17 @@ def fasta_records(path: str | Path, block_chars: int = 1 << 22) -> Iterator[tupl
                 break
     if not seen:
         raise InputFormatError(f"{source}: no FASTA records ('>' headers) found; check the file")
+
+
+def skip_to_first_header(text: str, source: str, line: int) -> tuple[str, int]:
+    """`text` from its first '>' on and the line number there (`line` is that of its start); only
+    blank lines may come before the first header."""
+    while text and not text.startswith(">"):
+        head, newline, text = text.partition("\n")
+        if head.strip():
+            raise InputFormatError(f"{source} line {line}: sequence before the first '>' header; this is not FASTA")
+        line += bool(newline)
+    return text, line
 
 
 def _fasta_record(chunk: str, source: str, line: int) -> tuple[str, str, int]:

@@ -7,11 +7,9 @@ import os
 import random
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from data_pipeline import build_output
 from data_pipeline.build_dna import build_dna
@@ -22,6 +20,7 @@ from data_pipeline.demo import CLUSTERS, LAMBDA, PROTEINS
 from data_pipeline.errors import InputFormatError
 from data_pipeline.manifest import read_manifest
 from launchers.main import main as bioxlstm
+from tests.data_pipeline.shard_samples import read_samples
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -39,19 +38,7 @@ def _files(build: Path) -> dict:
 
 
 def _samples(build: Path) -> dict:
-    """split -> [(meta, sequences)] read straight from the tar members."""
-    result = {}
-    decompress = zstandard.ZstdDecompressor().decompress
-    for split, info in read_manifest(build)["splits"].items():
-        rows = []
-        for shard in info["shards"]:
-            with tarfile.open(build / shard["name"]) as archive:
-                members = {m.name: archive.extractfile(m).read() for m in archive}
-            for name in sorted(n for n in members if n.endswith(".json.zst")):
-                key = name[: -len(".json.zst")]
-                rows.append((json.loads(decompress(members[name])), decompress(members[key + ".txt.zst"]).decode().split("\n")))
-        result[split] = rows
-    return result
+    return read_samples(build)
 
 
 @pytest.fixture(scope="module")

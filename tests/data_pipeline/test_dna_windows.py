@@ -5,17 +5,15 @@ lines, N-runs and records) and finds N-runs per block; the reference below reads
 whole with a regex. Fresh random genomes every run: soft-masked bases, IUPAC codes, N-runs of
 every length around --min-n-run, records of one base, blank lines, CRLF and spaces in lines.
 """
-import json
 import random
 import re
-import tarfile
 
 import pytest
-import zstandard
 
 from data_pipeline import fasta_scan
 from data_pipeline.build_dna import build_dna
 from data_pipeline.manifest import read_manifest
+from tests.data_pipeline.shard_samples import read_samples
 
 IUPAC = "RYKMSWBDHVN"
 
@@ -67,16 +65,7 @@ def _reference(records: dict, window_len: int, min_window_len: int, min_n_run: i
 
 
 def _windows(build) -> list:
-    decompress = zstandard.ZstdDecompressor().decompress
-    rows = []
-    for info in read_manifest(build)["splits"].values():
-        for shard in info["shards"]:
-            with tarfile.open(build / shard["name"]) as archive:
-                members = {m.name: archive.extractfile(m).read() for m in archive}
-            for key in sorted(n[:-len(".json.zst")] for n in members if n.endswith(".json.zst")):
-                meta = json.loads(decompress(members[key + ".json.zst"]))
-                rows.append((meta["name"], decompress(members[key + ".txt.zst"]).decode()))
-    return rows
+    return [(meta["name"], "\n".join(sequences)) for rows in read_samples(build).values() for meta, sequences in rows]
 
 
 @pytest.mark.parametrize("trial", range(8))

@@ -2,23 +2,21 @@
 the samples equal a plain-dict join, any workers / parts give the same bytes, bad input is one
 error naming file and line, and memory does not grow with the input."""
 import gzip
-import json
 import os
 import random
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from data_pipeline import protein_join
 from data_pipeline.build_output import merge_parts
 from data_pipeline.build_protein import build_protein
 from data_pipeline.errors import InputFormatError, UnknownSymbolError
 from data_pipeline.manifest import read_manifest
+from tests.data_pipeline.shard_samples import read_samples
 
 REPO = Path(__file__).resolve().parents[2]
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -100,17 +98,7 @@ def _expected(records, rows, min_members: int, max_clusters):
 
 
 def _samples(build: Path) -> list:
-    decompress = zstandard.ZstdDecompressor().decompress
-    rows = []
-    for info in read_manifest(build)["splits"].values():
-        for shard in info["shards"]:
-            with tarfile.open(build / shard["name"]) as archive:
-                members = {m.name: archive.extractfile(m).read() for m in archive}
-            for name in (n for n in members if n.endswith(".json.zst")):
-                meta = json.loads(decompress(members[name]))
-                text = decompress(members[name[: -len(".json.zst")] + ".txt.zst"]).decode()
-                rows.append((meta["name"], text.split("\n")))
-    return sorted(rows)
+    return sorted((meta["name"], sequences) for rows in read_samples(build).values() for meta, sequences in rows)
 
 
 @pytest.mark.parametrize("min_members,max_clusters", [(1, None), (3, None), (1, 50), (1, 75), (2, 7), (1, 0)])
