@@ -18,7 +18,7 @@ no process holds a chromosome. A gzipped genome is decompressed once into the wo
 from __future__ import annotations
 
 import shutil
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from data_pipeline.build_output import run_build
@@ -30,13 +30,14 @@ from data_pipeline.fasta_scan import read_bases, scan_fasta
 from data_pipeline.readers import read_bed, require_files
 from data_pipeline.tokenizers import DNATokenizer
 
-_tokenizers: dict = {}
-
-
+@lru_cache(maxsize=None)
 def _tokenizer(unknown: str) -> DNATokenizer:
-    if unknown not in _tokenizers:
-        _tokenizers[unknown] = DNATokenizer(unknown=unknown)
-    return _tokenizers[unknown]
+    return DNATokenizer(unknown=unknown)
+
+
+def _record_key(path, record) -> str:
+    """What names a record across files: the owner of a part, the split group of `--split-by record`."""
+    return f"{Path(path).name}:{record.name}"
 
 
 def _encode_windows(task, unknown: str) -> Encoded:
@@ -107,7 +108,7 @@ def _by_piece(readable, record, windows):
 
 def _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown):
     for file_index, record_index, path, readable, record in scanned:
-        record_key = f"{Path(path).name}:{record.name}"
+        record_key = _record_key(path, record)
         if not ctx.owns(record_key):
             continue
         _refuse_unknown(record, unknown)
@@ -115,12 +116,17 @@ def _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown):
         ctx.count_stat("bases", record.length)
         ctx.count_stat("n_run_bases", sum(end - start for start, end in record.runs))
         dropped = [0]
-        windows = (((file_index, record_index, start), f"{record_key}:{start}-{end}", start, end,
-                    f"{record.where} window {start}-{end}",
-                    f"{record_key}:{start}-{end}" if split_by == "window" else record_key, record_key, None)
-                   for start, end in segment_windows(record.length, record.runs, window_len, min_window_len, dropped))
-        yield from _by_piece(readable, record, windows)
+        cuts = segment_windows(record.length, record.runs, window_len, min_window_len, dropped)
+        yield from _by_piece(readable, record, _windows(file_index, record_index, record, record_key, cuts, split_by))
         ctx.count_stat("dropped_short_bases", dropped[0])
+
+
+def _windows(file_index, record_index, record, record_key, cuts, split_by):
+    """The window items `_encode_windows` takes, one cut at a time."""
+    for start, end in cuts:
+        name = f"{record_key}:{start}-{end}"
+        yield ((file_index, record_index, start), name, start, end, f"{record.where} window {start}-{end}",
+               name if split_by == "window" else record_key, record_key, None)
 
 
 def _bed_tasks(ctx, scanned, bed_path, inputs):
@@ -130,7 +136,7 @@ def _bed_tasks(ctx, scanned, bed_path, inputs):
         if record.name not in intervals or record.name in found:
             continue
         found.add(record.name)
-        record_key = f"{Path(path).name}:{record.name}"
+        record_key = _record_key(path, record)
         if not ctx.owns(record_key):
             continue
         ctx.count_stat("records")
@@ -144,7 +150,8 @@ def _bed_tasks(ctx, scanned, bed_path, inputs):
             ctx.count_stat(f"intervals_{interval.split}")
             name = f"{record.name}:{interval.start}-{interval.end}"
             windows.append(((file_index, record_index, index), name, interval.start, interval.end,
-                            f"{record.where} interval {interval.start}-{interval.end} ({bed_path} line {interval.line})",
+                            f"{record.where} interval {interval.start}-{interval.end} "
+                            f"({bed_path} line {interval.line})",
                             name, record_key, interval.split))
         yield from _by_piece(readable, record, windows)
     missing = sorted((chrom_intervals[0].line, chrom) for chrom, chrom_intervals in intervals.items()
@@ -195,9 +202,9 @@ def build_dna(inputs: list[str], out: str, window_len: int = 32768, min_window_l
             with ctx.progress(sum(Path(p).stat().st_size for p in plain), "scanning FASTA", "B") as bar:
                 # windows: unknown symbols anywhere in a record are refused (in N-runs too); BED: in
                 # the intervals only, when they are encoded; BED needs no runs
-                scanned = list(_scanned(ctx, inputs, plain, min_n_run if not bed else 1 << 62,
+                scanned = list(_scanned(ctx, inputs, plain, None if bed else min_n_run,
                                         unknown == "error" and not bed, bar))
-            owned = sum(r[4].length for r in scanned if ctx.owns(f"{Path(r[2]).name}:{r[4].name}"))
+            owned = sum(record.length for _, _, path, _, record in scanned if ctx.owns(_record_key(path, record)))
             with ctx.progress(owned, "encoding windows", "base") as bar:
                 tasks = (_bed_tasks(ctx, scanned, bed, inputs) if bed else
                          _window_tasks(ctx, scanned, window_len, min_window_len, split_by, unknown))

@@ -15,9 +15,9 @@ killed) leaves no manifest, and its rerun keeps a finished part (checked by sha2
 from __future__ import annotations
 
 import heapq
+import shutil
 from array import array
 from collections import deque
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -90,7 +90,8 @@ class BuildContext:
     def encode(self, fn: Callable, batch_iter) -> None:
         """Run `fn(item) -> Encoded` over batches in the pool (the workers write the compressed
         bytes themselves); index the results in input order."""
-        for results in self.pool.map_batches(partial(spill_batch, fn, str(self.writer.folder), self.writer.seed), batch_iter):
+        spill = partial(spill_batch, fn, str(self.writer.folder), self.writer.seed)
+        for results in self.pool.map_batches(spill, batch_iter):
             for encoded in results:
                 self.writer.add(encoded)
 
@@ -160,13 +161,13 @@ def _produce_part(folder: Path, produce, identity: dict, seed: int, pool: Ordere
         writer.abort()
         raise
     files = writer.files()
-    digests = [d for batch in pool.map(synced_digest, ([f] for f in files)) for d in batch]
+    digests = _digests(pool, files, synced_digest)
     return writer.finish(dict(identity, **fixed), {f.name: d for f, d in zip(files, digests)})
 
 
-def _digests(pool: OrderedPool, paths: list[Path]) -> list[str]:
-    """sha256 of each file, hashed by the workers."""
-    return [digest for batch in pool.map(sha256_file, ([path] for path in paths)) for digest in batch]
+def _digests(pool: OrderedPool, paths: list[Path], digest=sha256_file) -> list[str]:
+    """`digest(path)` (sha256) of each file, one file per worker task."""
+    return [value for batch in pool.map(digest, ([path] for path in paths)) for value in batch]
 
 
 def merge_parts(parts: list[str | Path], out_dir: str | Path, progress: bool = True, workers: int = 1) -> dict:
@@ -352,8 +353,9 @@ def _shards(entries, parts: list[Path], splits: list[str], threshold: int, shard
             paths[key] = str(parts[position] / entry[7])
         # (payload path, offset, seq_len, meta_len, tokens, new_group, raw_bytes, layout hash)
         sample = (paths[key], entry[8], entry[9], entry[10], entry[6], entry[3], entry[5], entry[4])
-        for shard in layouts[_split_of(entry, threshold)].add(sample):
-            yield _split_of(entry, threshold), shard
+        split = _split_of(entry, threshold)
+        for shard in layouts[split].add(sample):
+            yield split, shard
     for split in splits:
         for shard in layouts[split].finish():
             yield split, shard

@@ -4,9 +4,10 @@ Builders stream samples (in a fixed input order) through worker processes that n
 count and zstd-compress them; each worker appends the compressed members to its own
 `payload-<pid>.bin` (`spill_batch`: the bytes never pass through the main process), and the
 main process's `PartWriter` writes one JSON line per sample to `index.jsonl` (where its bytes
-are), then `part.json` (counts, stats and the sha256 of every file) last. A part folder without a valid `part.json` is unfinished and is
-redone; a finished one is kept and reused. `--part I/N` owns the groups whose stable hash is
-I mod N, so the parts of a build are disjoint and their merge is the whole build.
+are), then `part.json` (counts, stats and the sha256 of every file) last. A part folder
+without a valid `part.json` is unfinished and is redone; a finished one is kept and reused.
+`--part I/N` owns the groups whose stable hash is I mod N, so the parts of a build are disjoint
+and their merge is the whole build.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import zstandard
 from data_pipeline.errors import ConfigError, ManifestError
 from data_pipeline.shards import ZSTD_LEVEL, sha256_file
 
-PART_FORMAT = "bioxlstm-build-part-2"  # 2: one payload file per worker, ranks counted by RANK_BUCKETS
+PART_FORMAT = "bioxlstm-build-part-2"  # 2: one payload file per worker, split ranks counted by RANK_BITS
 RANK_BITS = 12  # split ranks are 64-bit; their top 12 bits count them into 4096 buckets
 PART_FILE = "part.json"
 INDEX_FILE = "index.jsonl"
@@ -142,7 +143,8 @@ class PartWriter:
         self.examples.extend(encoded.examples)
         del self.examples[INVALID_EXAMPLES:]
         self.vocab |= encoded.vocab
-        for order, split, group, rank, layout_hash, raw_bytes, tokens, file, offset, seq_len, meta_len in encoded.samples:
+        for sample in encoded.samples:
+            order, split, group, rank, layout_hash, raw_bytes, tokens, file, offset, seq_len, meta_len = sample
             if self._previous_order is not None and order <= self._previous_order:
                 raise AssertionError(f"samples out of order: {order} after {self._previous_order}")
             self._previous_order = order
